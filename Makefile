@@ -1,0 +1,52 @@
+# Front door: `make run` serves everything on the embedded default; `make test` installs what the
+# tests need (apt packages included) and runs every test. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DATA_DIR ?= $(CURDIR)/var
+
+.PHONY: venv run test test-deps test-sqlite test-postgres check bench proto clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) manage.py migrate --no-input -v0
+	$(PY) manage.py runall
+
+# Debian packages the tests drive for real: Bazel 4.2.3 and Chromium. Services this kind of
+# machine runs are started when they are down.
+test-deps: venv
+	@if ! command -v bazel >/dev/null || ! command -v chromium >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bazel-bootstrap chromium; fi
+	@bash tests/start-services.sh
+
+test: test-deps test-sqlite test-postgres
+
+test-sqlite: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: venv
+	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
+	  $(PY) -m pytest -m "not bazel and not browser" $(PYTEST_ARGS)
+
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(PY) manage.py makemigrations --check --dry-run
+
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+proto: venv
+	PATH=$(VENV)/bin:$$PATH sh reapi/gen/regenerate.sh
+
+clean:
+	rm -rf $(VENV) var tests/artifacts

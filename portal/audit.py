@@ -1,0 +1,24 @@
+"""The audit log: one explicit call per event, never a signal."""
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from portal.models import AuditEvent, Tenant
+
+
+def record(
+    action: str,
+    *,
+    tenant: Tenant | None = None,
+    actor: AbstractBaseUser | AnonymousUser | None = None,
+    token_prefix: str = "",
+    **detail: Any,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        tenant=tenant,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        token_prefix=token_prefix,
+        detail=detail,
+    )

@@ -1,0 +1,67 @@
+"""`manage.py reapi serve --cluster internal|external --listen HOST:PORT [--processes N]`."""
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Serve the REAPI v2 gRPC endpoint of one cluster."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        serve = sub.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
+        serve.add_argument("--cluster", choices=settings.CLUSTERS, required=True)
+        serve.add_argument("--listen", required=True, help="HOST:PORT, e.g. 127.0.0.1:8980")
+        serve.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="server processes sharing the port (SO_REUSEPORT); Python serves one "
+            "core per process",
+        )
+        serve.add_argument("--threads", type=int, default=32, help="handler threads per process")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1")
+        if options["processes"] == 1:
+            from reapi.server import serve
+
+            try:
+                serve(options["cluster"], options["listen"], options["threads"])
+            except (OSError, ValueError) as exc:
+                raise CommandError(str(exc)) from None
+            return
+        self._supervise(options)
+
+    def _supervise(self, options: dict[str, Any]) -> None:
+        # Each child is a whole server process: gRPC's core must not be forked once started.
+        argv = [
+            sys.executable,
+            os.path.abspath(sys.argv[0]),
+            "reapi",
+            "serve",
+            "--cluster",
+            options["cluster"],
+            "--listen",
+            options["listen"],
+            "--threads",
+            str(options["threads"]),
+        ]
+        children = [subprocess.Popen(argv) for _ in range(options["processes"])]
+
+        def forward(signum: int, _frame: object) -> None:
+            for child in children:
+                child.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        codes = [child.wait() for child in children]
+        if any(codes):
+            raise CommandError(f"server processes exited with {codes}")

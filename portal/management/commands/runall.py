@@ -1,0 +1,95 @@
+"""`manage.py runall`: the whole service on one machine, as `make run` starts it.
+
+Starts the portal on :8000, the external REAPI cluster on :8980 and the internal one on :8981
+(the embedded defaults of DESIGN.md), each as a child process, and stops them all together.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+
+
+def _hostport(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class Command(BaseCommand):
+    help = "Run the portal, both REAPI clusters and the workers in the foreground."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--portal", default="127.0.0.1:8000")
+        parser.add_argument("--no-workers", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        manage = [sys.executable, os.path.abspath(sys.argv[0])]
+        commands = {
+            "portal": [*manage, "runserver", options["portal"], "--noreload"],
+            "reapi-external": [
+                *manage, "reapi", "serve", "--cluster", "external",
+                "--listen", _hostport(settings.REAPI_URLS["external"]),
+            ],
+            "reapi-internal": [
+                *manage, "reapi", "serve", "--cluster", "internal",
+                "--listen", _hostport(settings.REAPI_URLS["internal"]),
+            ],
+        }
+        commands.update(self.worker_commands(manage) if not options["no_workers"] else {})
+        children = {name: subprocess.Popen(argv) for name, argv in commands.items()}
+        time.sleep(1.5)
+        self.print_welcome(options["portal"])
+
+        def stop(signum: int, _frame: object) -> None:
+            for child in children.values():
+                if child.poll() is None:
+                    child.terminate()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        stop(signal.SIGTERM, None)
+        for name, child in children.items():
+            code = child.wait()
+            if code not in (0, -signal.SIGTERM):
+                self.stderr.write(f"{name} exited with {code}")
+
+    def worker_commands(self, manage: list[str]) -> dict[str, list[str]]:
+        """Hook for the execution workers (one per cluster and pool)."""
+        return {}
+
+    def print_welcome(self, portal: str) -> None:
+        login = self.bootstrap_admin()
+        ext = settings.REAPI_URLS["external"]
+        self.stdout.write(
+            f"""
+Portal:            http://{portal}/
+REAPI external:    {ext}   (developer workstations)
+REAPI internal:    {settings.REAPI_URLS["internal"]}   (CI runners)
+{login}
+Create a tenant, a member and a token from another shell:
+  .venv/bin/python manage.py tenant create acme
+  .venv/bin/python manage.py tenant add-member acme alice --role admin
+  .venv/bin/python manage.py token issue --tenant acme --user alice --name laptop
+Then put this in your workspace's .bazelrc (the last line of `token issue` is the PAT):
+  build --remote_cache={ext}
+  build --remote_header=X-Aspect=aw_pat_…
+or print it ready-made:  .venv/bin/python manage.py bazelrc --tenant acme --cluster external --token aw_pat_…
+Stop everything with Ctrl-C.
+"""
+        )
+
+    def bootstrap_admin(self) -> str:
+        user_model = get_user_model()
+        if user_model.objects.filter(is_superuser=True).exists():
+            return "Log in to the portal as your superuser (manage.py createsuperuser adds one)."
+        password = secrets.token_urlsafe(12)
+        user_model.objects.create_superuser("admin", password=password)
+        return f"First admin login (shown once):  user admin  password {password}"

@@ -1,0 +1,73 @@
+"""`manage.py token issue|revoke|list` (DESIGN.md command-line contract)."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from portal import tenancy, tokens
+from portal.models import SCOPES, AccessToken
+
+
+class Command(BaseCommand):
+    help = "Issue, revoke and list personal access tokens."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        issue = sub.add_parser("issue", help="issue a PAT; it is printed alone on the last line")
+        issue.add_argument("--tenant", required=True)
+        issue.add_argument("--user", required=True)
+        issue.add_argument("--name", default="")
+        issue.add_argument("--scopes", default=",".join(SCOPES))
+        issue.add_argument(
+            "--expires-in", type=int, default=None, help="days (0: never, if the tenant allows)"
+        )
+        revoke = sub.add_parser("revoke", help="revoke a PAT, given the token or its id")
+        revoke.add_argument("pat_or_id")
+        listing = sub.add_parser("list", help="list tokens (never the secrets)")
+        listing.add_argument("--tenant")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            getattr(self, "do_" + options["action"])(options)
+        except (tokens.TokenError, tenancy.TenancyError) as exc:
+            raise CommandError(str(exc)) from None
+
+    def do_issue(self, options: dict[str, Any]) -> None:
+        issued = tokens.issue(
+            tenancy.get_tenant(options["tenant"]),
+            options["user"],
+            name=options["name"],
+            scopes=options["scopes"],
+            expires_in_days=options["expires_in"],
+        )
+        t = issued.token
+        expiry = f"expires {t.expires_at:%Y-%m-%d}" if t.expires_at else "never expires"
+        self.stdout.write(f"token {t.id} for {options['user']} in {t.tenant.slug}: {t.scopes}, {expiry}")
+        self.stdout.write("shown once: copy it now")
+        self.stdout.write(issued.secret)
+
+    def do_revoke(self, options: dict[str, Any]) -> None:
+        token = tokens.revoke(tokens.find(options["pat_or_id"]))
+        self.stdout.write(f"revoked token {token.id} ({token.prefix}…)")
+
+    def do_list(self, options: dict[str, Any]) -> None:
+        qs = AccessToken.objects.select_related("tenant", "user").order_by("tenant__slug", "id")
+        if options["tenant"]:
+            qs = qs.filter(tenant=tenancy.get_tenant(options["tenant"]))
+        self.stdout.write("id\ttenant\tuser\tprefix\tname\tscopes\tstatus\texpires\tlast used")
+        for t in qs:
+            self.stdout.write(
+                "\t".join(
+                    [
+                        str(t.id),
+                        t.tenant.slug,
+                        t.user.get_username(),
+                        t.prefix + "…",
+                        t.name or "-",
+                        t.scopes,
+                        t.status(),
+                        f"{t.expires_at:%Y-%m-%d}" if t.expires_at else "never",
+                        f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+                    ]
+                )
+            )

@@ -1,0 +1,168 @@
+"""The one settings module: every knob is an environment variable (see README).
+
+Defaults are the embedded setup, which needs no server: SQLite, blobs on the local
+filesystem and a filesystem Celery broker, all under DATA_DIR.
+"""
+
+from pathlib import Path
+
+import dj_database_url
+
+from portal.env import env, envbool, envint, envlist, required
+from portal.storage_urls import storage_from_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env("DATA_DIR", "./var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+PRODUCTION = envbool("DJANGO_PRODUCTION")
+DEBUG = not PRODUCTION
+
+if PRODUCTION:
+    SECRET_KEY = required("DJANGO_SECRET_KEY")
+    ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS")
+    if not ALLOWED_HOSTS:
+        required("DJANGO_ALLOWED_HOSTS")
+else:
+    SECRET_KEY = env("DJANGO_SECRET_KEY", "dev-only-insecure-key-not-for-production-use-0123456789")
+    ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "portal",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'portal.sqlite3'}"),
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 600),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the gRPC threads read while a writer commits; IMMEDIATE avoids the
+    # "database is locked" upgrade deadlock between two writers.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = None
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- REAPI clusters -------------------------------------------------------------------------
+CLUSTERS = ("internal", "external")
+REAPI_STORAGE_URLS = {
+    "internal": env("REAPI_STORAGE_INTERNAL", f"file://{DATA_DIR / 'blobs' / 'internal'}"),
+    "external": env("REAPI_STORAGE_EXTERNAL", f"file://{DATA_DIR / 'blobs' / 'external'}"),
+}
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "media")},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+for _cluster, _url in REAPI_STORAGE_URLS.items():
+    STORAGES[f"reapi-{_cluster}"] = storage_from_url(f"REAPI_STORAGE_{_cluster.upper()}", _url, BASE_DIR)
+
+REAPI_TLS_CERT = env("REAPI_TLS_CERT")
+REAPI_TLS_KEY = env("REAPI_TLS_KEY")
+_scheme = "grpcs" if REAPI_TLS_CERT else "grpc"
+REAPI_URLS = {
+    "external": env("REAPI_EXTERNAL_URL", f"{_scheme}://127.0.0.1:8980"),
+    "internal": env("REAPI_INTERNAL_URL", f"{_scheme}://127.0.0.1:8981"),
+}
+# gRPC's receive limit; batches are advertised a little below it (REAPI: max_batch_total_size_bytes).
+REAPI_MAX_MESSAGE_BYTES = envint("REAPI_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)
+# How long a validated credential is trusted before the database is asked again: the bound on
+# how late a revocation takes effect on a running server.
+REAPI_CREDENTIAL_TTL_SECONDS = envint("REAPI_CREDENTIAL_TTL_SECONDS", 2)
+# Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
+REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
+
+# --- Tokens ----------------------------------------------------------------------------------
+TOKEN_DEFAULT_EXPIRY_DAYS = envint("TOKEN_DEFAULT_EXPIRY_DAYS", 90)
+
+# --- Celery ----------------------------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = DATA_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+
+# --- Production ------------------------------------------------------------------------------
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = envbool("DJANGO_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = envint("DJANGO_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,80 @@
+"""Tenants and memberships: the operations the CLI, the pages and the API share."""
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from portal import audit
+from portal.models import CacheMode, Membership, Role, Tenant
+
+
+class TenancyError(ValueError):
+    pass
+
+
+def get_tenant(slug: str) -> Tenant:
+    try:
+        return Tenant.objects.get(slug=slug)
+    except Tenant.DoesNotExist:
+        raise TenancyError(f"no tenant {slug!r}") from None
+
+
+def check_mode(mode: str) -> CacheMode:
+    try:
+        return CacheMode(mode)
+    except ValueError:
+        choices = ", ".join(CacheMode.values)
+        raise TenancyError(f"unknown cache mode {mode!r} (choose {choices})") from None
+
+
+def create_tenant(
+    slug: str, mode: str = CacheMode.INDEPENDENT, actor: AbstractBaseUser | None = None
+) -> Tenant:
+    from django.utils.text import slugify
+
+    if not slug or slugify(slug) != slug:
+        raise TenancyError(f"{slug!r} is not a valid slug (lowercase letters, digits, hyphens)")
+    if slug in RESERVED_SLUGS:
+        raise TenancyError(f"{slug!r} is reserved by the REAPI resource-name grammar")
+    with transaction.atomic():
+        if Tenant.objects.filter(slug=slug).exists():
+            raise TenancyError(f"tenant {slug!r} already exists")
+        tenant = Tenant.objects.create(slug=slug, name=slug, cache_mode=check_mode(mode))
+        audit.record("tenant.create", tenant=tenant, actor=actor, mode=tenant.cache_mode)
+    return tenant
+
+
+def set_cache_mode(tenant: Tenant, mode: str, actor: AbstractBaseUser | None = None) -> Tenant:
+    new_mode = check_mode(mode)
+    old_mode = tenant.cache_mode
+    if old_mode != new_mode:
+        with transaction.atomic():
+            tenant.cache_mode = new_mode
+            tenant.save(update_fields=["cache_mode"])
+            audit.record("tenant.mode", tenant=tenant, actor=actor, old=old_mode, new=new_mode)
+    return tenant
+
+
+def add_member(
+    tenant: Tenant, username: str, role: str = Role.DEVELOPER, actor: AbstractBaseUser | None = None
+) -> Membership:
+    if role not in Role.values:
+        raise TenancyError(f"unknown role {role!r} (choose {', '.join(Role.values)})")
+    user_model = get_user_model()
+    with transaction.atomic():
+        user, _ = user_model.objects.get_or_create(username=username)
+        membership, created = Membership.objects.get_or_create(
+            tenant=tenant, user=user, defaults={"role": role}
+        )
+        if not created and membership.role != role:
+            membership.role = role
+            membership.save(update_fields=["role"])
+        audit.record("member.add", tenant=tenant, actor=actor, username=username, role=role)
+    return membership
+
+
+# A tenant slug doubles as the REAPI instance name, so it may not be one of the
+# reserved resource-name segments (REAPI v2, ByteStream resource names).
+RESERVED_SLUGS = frozenset(
+    {"blobs", "uploads", "actions", "actionresults", "operations", "capabilities", "compressed-blobs"}
+)

@@ -1,0 +1,42 @@
+"""gRPC edge of the ActionCache service."""
+
+import grpc
+
+from reapi import clusters, digests
+from reapi.cas_service import check_digest_function
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from reapi.grpc_edge import principal, unary
+
+
+class ActionCacheService(re_grpc.ActionCacheServicer):
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    @unary
+    def GetActionResult(
+        self, request: re_pb2.GetActionResultRequest, context: grpc.ServicerContext
+    ) -> re_pb2.ActionResult:
+        who = principal()
+        who.check_instance(request.instance_name)
+        check_digest_function(request.digest_function)
+        action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
+        backend = clusters.for_call(self.cluster, who.cache_mode)
+        return backend.action_cache.get(
+            who.tenant,
+            action,
+            inline_stdout=request.inline_stdout,
+            inline_stderr=request.inline_stderr,
+            inline_files=frozenset(request.inline_output_files),
+        )
+
+    @unary
+    def UpdateActionResult(
+        self, request: re_pb2.UpdateActionResultRequest, context: grpc.ServicerContext
+    ) -> re_pb2.ActionResult:
+        who = principal()
+        who.check_instance(request.instance_name)
+        check_digest_function(request.digest_function)
+        action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
+        backend = clusters.for_call(self.cluster, who.cache_mode)
+        return backend.action_cache.put(who.tenant, action, request.action_result)

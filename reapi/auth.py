@@ -1,0 +1,155 @@
+"""Who is calling: credentials from gRPC metadata checked against the portal's database.
+
+DESIGN.md request path: `x-aspect: aw_pat_…` or `authorization: Bearer <PAT>`. A PAT is checked
+for format and checksum before any lookup (a typo or random string costs no query), then found
+by its SHA-256. Validated credentials are cached for REAPI_CREDENTIAL_TTL_SECONDS, which bounds
+how late a revocation, an expiry or a cache-mode change reaches a running server.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from portal import audit, pats
+from portal.models import AccessToken
+from reapi.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    tenant_id: int
+    cache_mode: str
+    user_id: int
+    username: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    token_id: int | None = None
+    token_prefix: str = ""
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise PermissionDenied(f"the credential lacks the {scope} scope")
+
+    def check_instance(self, instance_name: str) -> None:
+        # The tenant comes from the credential; the instance name may only repeat it.
+        if instance_name not in ("", self.tenant):
+            raise PermissionDenied(
+                f"instance name {instance_name[:100]!r} is not this credential's tenant"
+            )
+
+
+class CredentialCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | Unauthenticated]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, now: float) -> Principal | Unauthenticated | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return None
+        return entry[1]
+
+    def put(self, key: str, value: Principal | Unauthenticated, now: float) -> None:
+        with self._lock:
+            if len(self._entries) > 10000:
+                self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            self._entries[key] = (now + self.ttl, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_cache = CredentialCache(settings.REAPI_CREDENTIAL_TTL_SECONDS)
+
+
+def credential_from_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> str:
+    for key, value in metadata:
+        if key == "x-aspect" and isinstance(value, str):
+            return value.strip()
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, rest = value.strip().partition(" ")
+            if scheme.lower() != "bearer" or not rest.strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+            return rest.strip()
+    raise Unauthenticated(
+        "no credential: send x-aspect: aw_pat_… (bazel --remote_header=X-Aspect=…) "
+        "or authorization: Bearer …"
+    )
+
+
+def authenticate(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
+    credential = credential_from_metadata(metadata)
+    if not credential.startswith(pats.PREFIX):
+        raise Unauthenticated("credential is not a personal access token (aw_pat_…)")
+    try:
+        pats.check_format(credential)
+    except pats.MalformedToken as exc:
+        raise Unauthenticated(str(exc)) from None
+    key = pats.digest(credential)
+    now = time.monotonic()
+    cached = _cache.get(key, now)
+    if cached is None:
+        cached = _lookup(key)
+        _cache.put(key, cached, now)
+    if isinstance(cached, Unauthenticated):
+        raise cached
+    if cached.expires_at is not None and cached.expires_at <= timezone.now():
+        raise Unauthenticated(f"personal access token {cached.token_prefix}… has expired")
+    return cached
+
+
+def _lookup(digest: str) -> Principal | Unauthenticated:
+    close_old_connections()
+    token = (
+        AccessToken.objects.select_related("tenant", "user").filter(digest=digest).first()
+    )
+    if token is None:
+        return Unauthenticated("unknown personal access token")
+    if token.revoked_at is not None:
+        return Unauthenticated(f"personal access token {token.prefix}… has been revoked")
+    if not token.user.is_active:
+        return Unauthenticated(f"the owner of token {token.prefix}… is deactivated")
+    _note_use(token)
+    return Principal(
+        tenant=token.tenant.slug,
+        tenant_id=token.tenant_id,
+        cache_mode=token.tenant.cache_mode,
+        user_id=token.user_id,
+        username=token.user.get_username(),
+        scopes=frozenset(token.scope_list),
+        expires_at=token.expires_at,
+        token_id=token.id,
+        token_prefix=token.prefix,
+    )
+
+
+def _note_use(token: AccessToken) -> None:
+    """Write last-used at most once a minute, and audit the first use."""
+    now = timezone.now()
+    if token.last_used_at and now - token.last_used_at < LAST_USED_RESOLUTION:
+        return
+    first = token.first_used_at is None
+    updated = AccessToken.objects.filter(pk=token.pk)
+    if first:
+        # Only the process that wins this update records the first use.
+        if updated.filter(first_used_at__isnull=True).update(first_used_at=now, last_used_at=now):
+            audit.record("token.first_use", tenant=token.tenant, token_prefix=token.prefix)
+    else:
+        updated.update(last_used_at=now)
+
+
+def clear_cache() -> None:
+    _cache.clear()

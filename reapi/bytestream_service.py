@@ -1,0 +1,129 @@
+"""gRPC edge of ByteStream, with REAPI's resource names (reapi/digests.py)."""
+
+from collections.abc import Iterator
+
+import grpc
+import zstandard
+
+from reapi import clusters, digests
+from reapi.cas import Upload
+from reapi.errors import InvalidArgument, ReapiError
+from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
+from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from reapi.grpc_edge import abort, principal, streaming, unary
+
+
+class ByteStreamService(bs_grpc.ByteStreamServicer):
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    def _backend(self, instance: str) -> tuple[str, clusters.Backend]:
+        who = principal()
+        who.check_instance(instance)
+        return who.tenant, clusters.for_call(self.cluster, who.cache_mode)
+
+    @streaming
+    def Read(self, request: bs_pb2.ReadRequest, context: grpc.ServicerContext) -> Iterator[bs_pb2.ReadResponse]:
+        name = digests.parse_read(request.resource_name)
+        tenant, backend = self._backend(name.instance)
+        if name.compressor:
+            # REAPI: compressed reads take offsets in the uncompressed blob and no limit.
+            if request.read_limit:
+                raise InvalidArgument("read_limit must be 0 for compressed-blobs reads")
+            chunks = backend.cas.read(tenant, name.digest, request.read_offset, 0)
+            compressor = zstandard.ZstdCompressor(level=1).compressobj()
+            for chunk in chunks:
+                out = compressor.compress(chunk)
+                if out:
+                    yield bs_pb2.ReadResponse(data=out)
+            yield bs_pb2.ReadResponse(data=compressor.flush())
+            return
+        for chunk in backend.cas.read(tenant, name.digest, request.read_offset, request.read_limit):
+            yield bs_pb2.ReadResponse(data=chunk)
+
+    def Write(
+        self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
+    ) -> bs_pb2.WriteResponse:
+        upload: Upload | None = None
+        try:
+            first = next(request_iterator, None)
+            if first is None:
+                raise InvalidArgument("Write stream carried no request")
+            name = digests.parse_write(first.resource_name)
+            tenant, backend = self._backend(name.instance)
+            if backend.cas.contains(tenant, name.digest):
+                # REAPI: a blob already present ends the upload at once; compressed uploads
+                # report -1, plain ones the full size.
+                return bs_pb2.WriteResponse(committed_size=-1 if name.compressor else name.digest.size)
+            if name.compressor:
+                return self._write_compressed(backend, tenant, name, first, request_iterator)
+            upload = backend.cas.open_upload(tenant, name.upload_id, name.digest, first.write_offset)
+            request = first
+            while True:
+                if request.resource_name and request.resource_name != first.resource_name:
+                    raise InvalidArgument("resource_name changed in the middle of a Write")
+                upload.append(request.write_offset, request.data)
+                if request.finish_write:
+                    committed = upload.finish()
+                    upload = None
+                    return bs_pb2.WriteResponse(committed_size=committed)
+                following = next(request_iterator, None)
+                if following is None:
+                    upload.suspend()
+                    upload = None
+                    raise InvalidArgument(
+                        "Write stream ended without finish_write; what arrived is kept, "
+                        "resume with QueryWriteStatus"
+                    )
+                request = following
+        except ReapiError as err:
+            if upload is not None:
+                upload.discard()
+            abort(context, err)
+        except BaseException:
+            # The client went away (or the server is stopping): keep the bytes for a resume.
+            if upload is not None:
+                upload.suspend()
+            raise
+
+    def _write_compressed(
+        self,
+        backend: clusters.Backend,
+        tenant: str,
+        name: digests.ResourceName,
+        first: bs_pb2.WriteRequest,
+        rest: Iterator[bs_pb2.WriteRequest],
+    ) -> bs_pb2.WriteResponse:
+        if first.write_offset != 0:
+            raise InvalidArgument("compressed uploads cannot resume: start at write_offset 0")
+        upload = backend.cas.open_upload(tenant, name.upload_id + ".zstd", name.digest, 0)
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+        offset = 0
+        request = first
+        try:
+            while True:
+                data = decompressor.decompress(request.data)
+                upload.append(upload.committed, data)
+                offset += len(request.data)
+                if request.finish_write:
+                    upload.finish()
+                    return bs_pb2.WriteResponse(committed_size=offset)
+                following = next(rest, None)
+                if following is None:
+                    raise InvalidArgument("compressed Write stream ended without finish_write")
+                request = following
+        except zstandard.ZstdError as exc:
+            upload.discard()
+            raise InvalidArgument(f"compressed data is not valid zstd: {exc}") from None
+        except ReapiError:
+            upload.discard()
+            raise
+
+    @unary
+    def QueryWriteStatus(
+        self, request: bs_pb2.QueryWriteStatusRequest, context: grpc.ServicerContext
+    ) -> bs_pb2.QueryWriteStatusResponse:
+        name = digests.parse_write(request.resource_name)
+        tenant, backend = self._backend(name.instance)
+        state = backend.cas.write_state(tenant, name.upload_id, name.digest)
+        return bs_pb2.QueryWriteStatusResponse(committed_size=state.committed, complete=state.complete)

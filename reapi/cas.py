@@ -1,0 +1,312 @@
+"""The content-addressable storage of one store: presence, batches, streams and trees.
+
+No gRPC here: the servicers in reapi/*_service.py unpack requests and map the errors of
+reapi.errors to status codes.
+"""
+
+import base64
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from reapi import digests
+from reapi.blobstore import BlobStore
+from reapi.digests import Digest
+from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.presence import Presence
+
+READ_CHUNK = 1024 * 1024
+DEFAULT_TREE_PAGE = 1000
+MAX_TREE_PAGE = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteState:
+    committed: int
+    complete: bool
+
+
+class Cas:
+    def __init__(self, store: BlobStore, max_batch_bytes: int) -> None:
+        self.store = store
+        self.presence = Presence(store)
+        self.max_batch_bytes = max_batch_bytes
+        self.partial_dir = store.spool_dir() / "partial"
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- presence -------------------------------------------------------------------------
+
+    def contains(self, tenant: str, digest: Digest, now: float | None = None) -> bool:
+        if digest.hash == digests.EMPTY_HASH:
+            return True
+        now = now or time.time()
+        key = digests.cas_key(tenant, digest)
+        if self.presence.known(key, now):
+            return True
+        st = self.store.stat(key)
+        if st is None or st[0] != digest.size:
+            return False
+        self.presence.confirm(key, st[1], now)
+        return True
+
+    def find_missing(self, tenant: str, wanted: Iterable[Digest]) -> list[Digest]:
+        now = time.time()
+        return [d for d in wanted if not self.contains(tenant, d, now)]
+
+    # --- batches --------------------------------------------------------------------------
+
+    def check_batch_size(self, total: int, verb: str) -> None:
+        if total > self.max_batch_bytes:
+            raise InvalidArgument(
+                f"batch {verb} of {total} bytes exceeds max_batch_total_size_bytes "
+                f"({self.max_batch_bytes}); use ByteStream for large blobs"
+            )
+
+    def batch_update(
+        self, tenant: str, items: list[tuple[Digest | ReapiError, bytes]]
+    ) -> list[ReapiError | None]:
+        """Store each valid blob; the result says, per item, what went wrong (None: stored)."""
+        self.check_batch_size(sum(len(data) for _, data in items), "update")
+        now = time.time()
+        results: list[ReapiError | None] = []
+        to_write: dict[str, bytes] = {}
+        for digest, data in items:
+            if isinstance(digest, ReapiError):
+                results.append(digest)
+                continue
+            try:
+                digests.verify(digest, data)
+            except InvalidArgument as exc:
+                results.append(exc)
+                continue
+            results.append(None)
+            if digest.hash != digests.EMPTY_HASH and not self.presence.known(
+                key := digests.cas_key(tenant, digest), now
+            ):
+                to_write[key] = data
+        if to_write:
+            self.store.put_many(list(to_write.items()))
+            self.presence.confirm_many(to_write, now)
+        return results
+
+    def get(self, tenant: str, digest: Digest) -> bytes:
+        if digest.hash == digests.EMPTY_HASH:
+            return b""
+        key = digests.cas_key(tenant, digest)
+        data = self.store.get(key)
+        if data is None or len(data) != digest.size:
+            self.presence.forget(key)
+            raise NotFound(f"blob {digest} is not in the CAS")
+        now = time.time()
+        if not self.presence.known(key, now):
+            self.presence.confirm(key, None, now)
+        return data
+
+    def batch_read(self, tenant: str, wanted: list[Digest | ReapiError]) -> list[bytes | ReapiError]:
+        self.check_batch_size(sum(d.size for d in wanted if isinstance(d, Digest)), "read")
+        out: list[bytes | ReapiError] = []
+        for digest in wanted:
+            if isinstance(digest, ReapiError):
+                out.append(digest)
+                continue
+            try:
+                out.append(self.get(tenant, digest))
+            except ReapiError as exc:
+                out.append(exc)
+        return out
+
+    # --- streams --------------------------------------------------------------------------
+
+    def read(self, tenant: str, digest: Digest, offset: int, limit: int) -> Iterator[bytes]:
+        """Chunks of a blob from `offset`, at most `limit` bytes (0: to the end)."""
+        if offset < 0:
+            raise OutOfRange(f"read_offset {offset} is negative")
+        if limit < 0:
+            raise InvalidArgument(f"read_limit {limit} is negative")
+        if offset > digest.size:
+            raise OutOfRange(f"read_offset {offset} is beyond the blob's size {digest.size}")
+        if digest.hash == digests.EMPTY_HASH:
+            return iter(())
+        key = digests.cas_key(tenant, digest)
+        f = self.store.open(key)
+        if f is None:
+            self.presence.forget(key)
+            raise NotFound(f"blob {digest} is not in the CAS")
+        now = time.time()
+        if not self.presence.known(key, now):
+            self.presence.confirm(key, None, now)
+        return _chunks(f, offset, digest.size - offset if limit == 0 else min(limit, digest.size - offset))
+
+    def _partial_path(self, tenant: str, upload_id: str, digest: Digest) -> Path:
+        name = hashlib.sha256(f"{tenant}\0{upload_id}\0{digest}".encode()).hexdigest()
+        return self.partial_dir / f"{name}.part"
+
+    def write_state(self, tenant: str, upload_id: str, digest: Digest) -> WriteState:
+        if self.contains(tenant, digest):
+            return WriteState(digest.size, True)
+        try:
+            size = os.path.getsize(self._partial_path(tenant, upload_id, digest))
+        except FileNotFoundError:
+            size = 0
+        return WriteState(size, False)
+
+    def open_upload(self, tenant: str, upload_id: str, digest: Digest, offset: int) -> "Upload":
+        return Upload(self, tenant, digest, self._partial_path(tenant, upload_id, digest), offset)
+
+    def commit_file(self, tenant: str, digest: Digest, path: Path) -> None:
+        key = digests.cas_key(tenant, digest)
+        self.store.put_file(key, path)
+        self.presence.confirm_many([key], time.time())
+
+    # --- trees ----------------------------------------------------------------------------
+
+    def get_tree(
+        self, tenant: str, root: Digest, page_size: int, page_token: str
+    ) -> tuple[list[re_pb2.Directory], str]:
+        """One page of the directory tree under `root`, breadth first.
+
+        The page token is the position in the traversal, which is deterministic for a given
+        root, so a client can resume a broken stream (REAPI GetTree paging).
+        """
+        if page_size < 0:
+            raise InvalidArgument(f"page_size {page_size} is negative")
+        page_size = min(page_size or DEFAULT_TREE_PAGE, MAX_TREE_PAGE)
+        start = _decode_page_token(page_token)
+        root_dir = self.directory(tenant, root)
+        if root_dir is None:
+            raise NotFound(f"tree root {root} is not in the CAS")
+        page: list[re_pb2.Directory] = []
+        position = 0
+        queue = [(root, root_dir)]
+        seen = {root.hash}
+        while queue:
+            next_queue = []
+            for _digest, directory in queue:
+                if position >= start:
+                    if len(page) == page_size:
+                        return page, _encode_page_token(position)
+                    page.append(directory)
+                position += 1
+                for child in directory.directories:
+                    try:
+                        child_digest = digests.check(child.digest.hash, child.digest.size_bytes)
+                    except InvalidArgument:
+                        continue
+                    if child_digest.hash in seen:
+                        continue
+                    seen.add(child_digest.hash)
+                    # REAPI: a part of the tree missing from the CAS is omitted, not an error.
+                    sub = self.directory(tenant, child_digest)
+                    if sub is not None:
+                        next_queue.append((child_digest, sub))
+            queue = next_queue
+        return page, ""
+
+    def directory(self, tenant: str, digest: Digest) -> re_pb2.Directory | None:
+        try:
+            data = self.get(tenant, digest)
+        except NotFound:
+            return None
+        directory = re_pb2.Directory()
+        try:
+            directory.ParseFromString(data)
+        except Exception:
+            raise InvalidArgument(f"blob {digest} is not a Directory message") from None
+        return directory
+
+
+def _chunks(f: BinaryIO, offset: int, remaining: int) -> Iterator[bytes]:
+    with f:
+        f.seek(offset)
+        while remaining > 0:
+            data = f.read(min(READ_CHUNK, remaining))
+            if not data:
+                raise NotFound("blob ended early in storage")
+            remaining -= len(data)
+            yield data
+
+
+def _encode_page_token(position: int) -> str:
+    return base64.urlsafe_b64encode(f"bfs:{position}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "bfs" and number.isdigit():
+            return int(number)
+    except ValueError:
+        pass
+    raise InvalidArgument(f"page_token {token[:40]!r} was not issued by this server")
+
+
+class Upload:
+    """One ByteStream Write into a resumable partial file.
+
+    Bytes are hashed as they arrive; at finish_write the size and SHA-256 must match the
+    digest in the resource name (REAPI: mismatch is INVALID_ARGUMENT) before the file is
+    fsynced and renamed into the store.
+    """
+
+    def __init__(self, cas: Cas, tenant: str, digest: Digest, path: Path, offset: int) -> None:
+        self.cas = cas
+        self.tenant = tenant
+        self.digest = digest
+        self.path = path
+        self.hasher = hashlib.sha256()
+        existing = path.stat().st_size if path.exists() else 0
+        if offset not in (0, existing):
+            raise InvalidArgument(
+                f"write_offset {offset} does not match the {existing} bytes committed so far"
+            )
+        if offset:
+            with open(path, "rb") as f:
+                while block := f.read(READ_CHUNK):
+                    self.hasher.update(block)
+            self.file = open(path, "ab")
+        else:
+            # A fresh start replaces any earlier partial of the same upload.
+            tmp = path.with_suffix(f".{uuid.uuid4().hex}.new")
+            self.file = open(tmp, "wb")
+            os.replace(tmp, path)
+        self.committed = offset
+
+    def append(self, offset: int, data: bytes) -> None:
+        if offset != self.committed:
+            raise InvalidArgument(f"write_offset {offset} is not the next byte ({self.committed})")
+        if self.committed + len(data) > self.digest.size:
+            self.discard()
+            raise InvalidArgument(
+                f"upload of {self.digest} sent more than its {self.digest.size} bytes"
+            )
+        self.file.write(data)
+        self.hasher.update(data)
+        self.committed += len(data)
+
+    def finish(self) -> int:
+        self.file.flush()
+        if self.committed != self.digest.size or self.hasher.hexdigest() != self.digest.hash:
+            got = f"{self.hasher.hexdigest()}/{self.committed}"
+            self.discard()
+            raise InvalidArgument(f"uploaded data is {got}, not {self.digest}")
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.cas.commit_file(self.tenant, self.digest, self.path)
+        return self.committed
+
+    def suspend(self) -> None:
+        """Keep what was written so QueryWriteStatus can report it and the client resume."""
+        self.file.flush()
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)

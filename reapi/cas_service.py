@@ -1,0 +1,98 @@
+"""gRPC edge of the ContentAddressableStorage service."""
+
+from collections.abc import Iterator
+
+import grpc
+
+from reapi import clusters, digests
+from reapi.digests import Digest
+from reapi.errors import InvalidArgument, ReapiError
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from reapi.grpc_edge import principal, rpc_status, streaming, unary
+
+SHA256_FUNCTIONS = (re_pb2.DigestFunction.UNKNOWN, re_pb2.DigestFunction.SHA256)
+
+
+def check_digest_function(value: int) -> None:
+    if value not in SHA256_FUNCTIONS:
+        name = re_pb2.DigestFunction.Value.Name(value) if value in re_pb2.DigestFunction.Value.values() else value
+        raise InvalidArgument(f"digest function {name} is not supported; this server uses SHA256")
+
+
+def digest_or_error(d: re_pb2.Digest) -> Digest | ReapiError:
+    try:
+        return digests.check(d.hash, d.size_bytes)
+    except ReapiError as exc:
+        return exc
+
+
+class CasService(re_grpc.ContentAddressableStorageServicer):
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    def _call(self, instance_name: str, digest_function: int) -> tuple[str, clusters.Backend]:
+        who = principal()
+        who.check_instance(instance_name)
+        check_digest_function(digest_function)
+        return who.tenant, clusters.for_call(self.cluster, who.cache_mode)
+
+    @unary
+    def FindMissingBlobs(
+        self, request: re_pb2.FindMissingBlobsRequest, context: grpc.ServicerContext
+    ) -> re_pb2.FindMissingBlobsResponse:
+        tenant, backend = self._call(request.instance_name, request.digest_function)
+        wanted = [digests.check(d.hash, d.size_bytes) for d in request.blob_digests]
+        missing = backend.cas.find_missing(tenant, wanted)
+        return re_pb2.FindMissingBlobsResponse(
+            missing_blob_digests=[re_pb2.Digest(hash=d.hash, size_bytes=d.size) for d in missing]
+        )
+
+    @unary
+    def BatchUpdateBlobs(
+        self, request: re_pb2.BatchUpdateBlobsRequest, context: grpc.ServicerContext
+    ) -> re_pb2.BatchUpdateBlobsResponse:
+        tenant, backend = self._call(request.instance_name, request.digest_function)
+        items: list[tuple[Digest | ReapiError, bytes]] = []
+        for r in request.requests:
+            if r.compressor != re_pb2.Compressor.IDENTITY:
+                items.append((InvalidArgument("batch compressors are not supported; send identity"), b""))
+            else:
+                items.append((digest_or_error(r.digest), r.data))
+        results = backend.cas.batch_update(tenant, items)
+        return re_pb2.BatchUpdateBlobsResponse(
+            responses=[
+                re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=rpc_status(err))
+                for r, err in zip(request.requests, results, strict=True)
+            ]
+        )
+
+    @unary
+    def BatchReadBlobs(
+        self, request: re_pb2.BatchReadBlobsRequest, context: grpc.ServicerContext
+    ) -> re_pb2.BatchReadBlobsResponse:
+        tenant, backend = self._call(request.instance_name, request.digest_function)
+        results = backend.cas.batch_read(tenant, [digest_or_error(d) for d in request.digests])
+        responses = []
+        for d, result in zip(request.digests, results, strict=True):
+            if isinstance(result, ReapiError):
+                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, status=rpc_status(result)))
+            else:
+                responses.append(
+                    re_pb2.BatchReadBlobsResponse.Response(digest=d, data=result, status=rpc_status(None))
+                )
+        return re_pb2.BatchReadBlobsResponse(responses=responses)
+
+    @streaming
+    def GetTree(
+        self, request: re_pb2.GetTreeRequest, context: grpc.ServicerContext
+    ) -> Iterator[re_pb2.GetTreeResponse]:
+        tenant, backend = self._call(request.instance_name, request.digest_function)
+        root = digests.check(request.root_digest.hash, request.root_digest.size_bytes)
+        token = request.page_token
+        while True:
+            page, token = backend.cas.get_tree(tenant, root, request.page_size, token)
+            yield re_pb2.GetTreeResponse(directories=page, next_page_token=token)
+            # With an explicit page size the client pages itself; otherwise stream it all.
+            if not token or request.page_size:
+                return

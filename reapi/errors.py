@@ -1,0 +1,63 @@
+"""The one error hierarchy of the REAPI core.
+
+The core raises these; only reapi/grpc_edge.py turns them into gRPC status codes (for whole
+RPCs) or google.rpc.Status codes (for one blob inside a batch). `code` is the canonical gRPC
+code name, shared by both.
+"""
+
+
+class ReapiError(Exception):
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ReapiError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ReapiError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(ReapiError):
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, missing: tuple[tuple[str, int], ...] = ()) -> None:
+        super().__init__(message)
+        # (hash, size) of blobs missing from the CAS, sent as PreconditionFailure details.
+        self.missing = missing
+
+
+class PermissionDenied(ReapiError):
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ReapiError):
+    code = "UNAUTHENTICATED"
+
+
+class OutOfRange(ReapiError):
+    code = "OUT_OF_RANGE"
+
+
+class ResourceExhausted(ReapiError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Cancelled(ReapiError):
+    code = "CANCELLED"
+
+
+class DeadlineExceeded(ReapiError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(ReapiError):
+    code = "UNAVAILABLE"
+
+
+class Internal(ReapiError):
+    code = "INTERNAL"

@@ -1,0 +1,193 @@
+"""Where the REAPI core meets gRPC: status-code mapping, the auth interceptor, RPC wrappers.
+
+Every error the core raises is a reapi.errors.ReapiError; this module alone turns one into a
+gRPC status (whole RPC) or a google.rpc.Status (one item of a batch).
+"""
+
+import contextvars
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from reapi import auth
+from reapi.errors import FailedPrecondition, ReapiError
+from reapi.gen.google.rpc import status_pb2
+
+log = logging.getLogger(__name__)
+
+_principal: contextvars.ContextVar[auth.Principal] = contextvars.ContextVar("principal")
+
+CODES = {code.name: code for code in grpc.StatusCode}
+
+# The scope each method needs. None: any valid credential. Methods absent from this table
+# (health checks, reflection) need no credential.
+CAS = "/build.bazel.remote.execution.v2.ContentAddressableStorage/"
+AC = "/build.bazel.remote.execution.v2.ActionCache/"
+BS = "/google.bytestream.ByteStream/"
+EXE = "/build.bazel.remote.execution.v2.Execution/"
+OPS = "/google.longrunning.Operations/"
+METHOD_SCOPES: dict[str, str | None] = {
+    "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities": None,
+    CAS + "FindMissingBlobs": "cas:read",
+    CAS + "BatchReadBlobs": "cas:read",
+    CAS + "GetTree": "cas:read",
+    CAS + "BatchUpdateBlobs": "cas:write",
+    BS + "Read": "cas:read",
+    BS + "Write": "cas:write",
+    BS + "QueryWriteStatus": "cas:write",
+    AC + "GetActionResult": "ac:read",
+    AC + "UpdateActionResult": "ac:write",
+    EXE + "Execute": "execute",
+    EXE + "WaitExecution": "execute",
+    OPS + "GetOperation": "execute",
+    OPS + "ListOperations": "execute",
+    OPS + "CancelOperation": "execute",
+    OPS + "WaitOperation": "execute",
+    OPS + "DeleteOperation": "execute",
+}
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def principal() -> auth.Principal:
+    return _principal.get()
+
+
+def status_code(err: ReapiError) -> grpc.StatusCode:
+    return CODES.get(err.code, grpc.StatusCode.INTERNAL)
+
+
+def rpc_status(err: ReapiError | None) -> status_pb2.Status:
+    if err is None:
+        return status_pb2.Status(code=0)
+    return status_pb2.Status(code=status_code(err).value[0], message=err.message)
+
+
+def abort(context: grpc.ServicerContext, err: ReapiError) -> NoReturn:
+    if isinstance(err, FailedPrecondition) and err.missing:
+        _attach_missing(context, err)
+    context.abort(status_code(err), err.message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _attach_missing(context: grpc.ServicerContext, err: FailedPrecondition) -> None:
+    # REAPI Execute: missing inputs SHOULD come with a PreconditionFailure detail, one
+    # MISSING violation per blob, subject "blobs/{hash}/{size}". Sent in the standard
+    # grpc-status-details-bin trailer.
+    from google.protobuf import any_pb2
+
+    failure = status_pb2.PreconditionFailure(
+        violations=[
+            status_pb2.PreconditionFailure.Violation(type="MISSING", subject=f"blobs/{h}/{s}")
+            for h, s in err.missing
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(failure)
+    status = status_pb2.Status(
+        code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=err.message, details=[detail]
+    )
+    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unary(method: F) -> F:
+    """Run a unary-response RPC body, mapping ReapiError to its status."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except ReapiError as err:
+            abort(context, err)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def streaming(method: F) -> F:
+    """Run a stream-response RPC body, mapping ReapiError to its status."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except ReapiError as err:
+            abort(context, err)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _deny(err: ReapiError, streaming_response: bool) -> Callable[..., Any]:
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        abort(context, err)
+
+    def refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        abort(context, err)
+        yield  # pragma: no cover
+
+    return refuse_stream if streaming_response else refuse
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates every call once, checks the method's scope, and hands the principal on."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        try:
+            who = auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
+            if method not in METHOD_SCOPES:
+                raise auth.PermissionDenied(f"method {method} is not served to credentials")
+            scope = METHOD_SCOPES[method]
+            if scope is not None:
+                who.require(scope)
+        except ReapiError as err:
+            return _replace_behaviour(handler, lambda _inner, streams: _deny(err, streams))
+        return _replace_behaviour(handler, lambda inner, streams: _with_principal(inner, who, streams))
+
+
+def _with_principal(
+    inner: Callable[..., Any], who: auth.Principal, streaming_response: bool
+) -> Callable[..., Any]:
+    if streaming_response:
+
+        def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # Not reset afterwards: gRPC may close this generator from another thread, where
+            # resetting would fail, and every call sets its own principal before it runs.
+            _principal.set(who)
+            yield from inner(request, context)
+
+        return run_stream
+
+    def run(request: Any, context: grpc.ServicerContext) -> Any:
+        token = _principal.set(who)
+        try:
+            return inner(request, context)
+        finally:
+            _principal.reset(token)
+
+    return run
+
+
+def _replace_behaviour(
+    handler: grpc.RpcMethodHandler,
+    make: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+) -> grpc.RpcMethodHandler:
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(make(handler.unary_unary, False), des, ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(make(handler.unary_stream, True), des, ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(make(handler.stream_unary, False), des, ser)
+    return grpc.stream_stream_rpc_method_handler(make(handler.stream_stream, True), des, ser)

@@ -1,0 +1,92 @@
+"""What this process knows to be present in one store, and the touches that keep it true.
+
+FindMissingBlobs of 10,000 digests cannot afford a storage round-trip per digest, so a
+process remembers the blobs it has seen. A remembered blob is trusted for TRUST_SECONDS
+only, and every blob is touched in storage when it is confirmed while its last touch is
+older than TRUST_SECONDS. The eviction job never removes a blob touched within
+EVICTION_GRACE_SECONDS (three hours, Bazel's default assumption for remote-cache lifetimes),
+which is more than twice TRUST_SECONDS: so whatever this cache claims present is still in
+storage, even while another process evicts.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reapi.blobstore import BlobStore
+
+log = logging.getLogger(__name__)
+
+TRUST_SECONDS = 3600.0
+EVICTION_GRACE_SECONDS = 3 * 3600.0
+MAX_ENTRIES = 2_000_000
+FLUSH_SECONDS = 5.0
+
+
+class Presence:
+    def __init__(self, store: "BlobStore") -> None:
+        self.store = store
+        self._seen: dict[str, float] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+
+    def known(self, key: str, now: float) -> bool:
+        seen = self._seen.get(key)
+        return seen is not None and now - seen < TRUST_SECONDS
+
+    def confirm(self, key: str, touched_at: float | None, now: float) -> None:
+        """Record that `key` exists; `touched_at` is its last touch in storage, if known."""
+        seen = self._seen
+        if len(seen) >= MAX_ENTRIES:
+            self._shrink()
+        seen.pop(key, None)
+        seen[key] = now
+        if touched_at is None or now - touched_at > TRUST_SECONDS:
+            self._schedule_touch([key])
+
+    def confirm_many(self, keys: Iterable[str], now: float) -> None:
+        """Record blobs just written: their touch time is now, so no touch is needed."""
+        seen = self._seen
+        if len(seen) >= MAX_ENTRIES:
+            self._shrink()
+        for key in keys:
+            seen[key] = now
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+    def _shrink(self) -> None:
+        # Drop the oldest quarter (dicts keep insertion order and confirm() re-inserts).
+        with self._lock:
+            for key in list(self._seen)[: MAX_ENTRIES // 4]:
+                self._seen.pop(key, None)
+
+    def _schedule_touch(self, keys: list[str]) -> None:
+        with self._lock:
+            self._pending.update(keys)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True, name="touch")
+                self._flusher.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            keys, self._pending = self._pending, set()
+        if keys:
+            try:
+                self.store.touch(keys)
+            except Exception:
+                log.exception("touching %d blobs failed; will retry", len(keys))
+                with self._lock:
+                    self._pending.update(keys)
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()

@@ -1,0 +1,88 @@
+"""Builds and runs one gRPC server process for a cluster."""
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from django.conf import settings
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from reapi.ac_service import ActionCacheService
+from reapi.bytestream_service import ByteStreamService
+from reapi.capabilities_service import CapabilitiesService
+from reapi.cas_service import CasService
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from reapi.grpc_edge import AuthInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    "build.bazel.remote.execution.v2.Capabilities",
+    "build.bazel.remote.execution.v2.ContentAddressableStorage",
+    "build.bazel.remote.execution.v2.ActionCache",
+    "google.bytestream.ByteStream",
+)
+
+
+def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, int]:
+    if cluster not in settings.CLUSTERS:
+        raise ValueError(f"unknown cluster {cluster!r} (choose {', '.join(settings.CLUSTERS)})")
+    options = [
+        # Batches are advertised below this limit (clusters.max_batch_bytes); the slack
+        # covers digests and framing around the data.
+        ("grpc.max_receive_message_length", settings.REAPI_MAX_MESSAGE_BYTES + 1024 * 1024),
+        ("grpc.max_send_message_length", -1),
+        # Several `reapi serve` processes may share one port (--processes).
+        ("grpc.so_reuseport", 1),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"reapi-{cluster}"),
+        interceptors=[AuthInterceptor()],
+        options=options,
+        maximum_concurrent_rpcs=threads * 8,
+    )
+    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(cluster, exec_enabled=False), server)
+    re_grpc.add_ContentAddressableStorageServicer_to_server(CasService(cluster), server)
+    re_grpc.add_ActionCacheServicer_to_server(ActionCacheService(cluster), server)
+    bs_grpc.add_ByteStreamServicer_to_server(ByteStreamService(cluster), server)
+    health_servicer = health.HealthServicer()
+    for name in ("", *SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = _bind(server, listen)
+    return server, port
+
+
+def _bind(server: grpc.Server, listen: str) -> int:
+    if settings.REAPI_TLS_CERT:
+        with open(settings.REAPI_TLS_CERT, "rb") as f:
+            cert = f.read()
+        with open(settings.REAPI_TLS_KEY, "rb") as f:
+            key = f.read()
+        creds = grpc.ssl_server_credentials([(key, cert)])
+        port = server.add_secure_port(listen, creds)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return port
+
+
+def serve(cluster: str, listen: str, threads: int = 32) -> None:
+    server, port = build(cluster, listen, threads)
+    server.start()
+    scheme = "grpcs" if settings.REAPI_TLS_CERT else "grpc"
+    log.info("REAPI %s cluster serving on %s://%s (pid %d)", cluster, scheme, listen, os.getpid())
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    server.stop(grace=5).wait()
