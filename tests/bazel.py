@@ -34,7 +34,7 @@ def write_workspace(root: Path, sizes: list[int], salt: str = "", exec_propertie
             f"""genrule(
     name = "gen{i}",
     outs = ["gen{i}.txt"],
-    cmd = "yes 'rule {i} {salt} line' | head -c {size} > $@",{exec_properties}
+    cmd = "echo 'rule {i} {salt}' > $@ && head -c {size} /dev/zero | tr -c a a >> $@",{exec_properties}
 )
 """
         )
