@@ -124,7 +124,10 @@ def parse_write(resource: str) -> ResourceName:
             compressor, digest = _parse_blob_tail(segments[i + 2 :], resource)
             return ResourceName(instance, digest, compressor, segments[i + 1])
         if seg in RESERVED:
-            break
+            raise InvalidArgument(
+                f"resource name {resource!r}: {seg!r} is a reserved segment where the instance "
+                "name or uploads/UUID/blobs/HASH/SIZE was expected"
+            )
     raise InvalidArgument(f"resource name {resource!r} is not of the form [instance/]uploads/UUID/blobs/HASH/SIZE")
 
 

@@ -1,0 +1,191 @@
+"""ContentAddressableStorage over a real socket: batches, presence, trees, tenancy."""
+
+import os
+
+import grpc
+import pytest
+
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from tests.reapi_client import Client, digest
+from tests.servers import ReapiServer
+from tests.storage_probe import stored_files
+from tests.tenants import Persona
+
+EMPTY = digest(b"")
+
+
+@pytest.fixture
+def client(external_server: ReapiServer, acme: Persona) -> Client:
+    return Client(external_server.channel(), acme.pat())
+
+
+def test_it_stores_and_finds_blobs(client: Client) -> None:
+    blobs = [os.urandom(n) for n in (1, 100, 4096)]
+    assert client.missing(*map(digest, blobs)) == list(map(digest, blobs))
+    reply = client.upload(*blobs)
+    assert [r.status.code for r in reply.responses] == [0, 0, 0]
+    assert client.missing(*map(digest, blobs)) == []
+    read = client.batch_read(*map(digest, blobs))
+    assert [r.data for r in read.responses] == blobs
+    assert [r.status.code for r in read.responses] == [0, 0, 0]
+
+
+def test_the_empty_blob_is_always_present(client: Client) -> None:
+    assert client.missing(EMPTY) == []
+    assert client.batch_read(EMPTY).responses[0].data == b""
+    assert client.read(EMPTY) == b""
+
+
+def test_a_digest_mismatch_fails_that_blob_and_stores_the_others(client: Client) -> None:
+    good, bad = os.urandom(64), os.urandom(64)
+    wrong = digest(os.urandom(64))
+    short = re_pb2.Digest(hash=digest(good).hash, size_bytes=63)
+    request = re_pb2.BatchUpdateBlobsRequest(
+        requests=[
+            re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(good), data=good),
+            re_pb2.BatchUpdateBlobsRequest.Request(digest=wrong, data=bad),
+            re_pb2.BatchUpdateBlobsRequest.Request(digest=short, data=good),
+        ]
+    )
+    reply = client.cas.BatchUpdateBlobs(request, metadata=client.metadata)
+    codes = [r.status.code for r in reply.responses]
+    assert codes == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    assert "hashes to" in reply.responses[1].status.message
+    assert "63" in reply.responses[2].status.message
+    assert client.missing(digest(good), wrong) == [wrong]
+
+
+@pytest.mark.parametrize(
+    ("hash_", "size", "message"),
+    [
+        ("ABC", 3, "64 lowercase hex"),
+        ("A" * 64, 3, "64 lowercase hex"),
+        ("../" + "a" * 61, 3, "64 lowercase hex"),
+        ("a" * 64, -1, "negative size"),
+    ],
+)
+def test_it_rejects_malformed_digests(client: Client, hash_: str, size: int, message: str) -> None:
+    bad = re_pb2.Digest(hash=hash_, size_bytes=size)
+    with pytest.raises(grpc.RpcError) as info:
+        client.missing(bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (info.value.details() or "")
+    before = stored_files()
+    reply = client.cas.BatchUpdateBlobs(
+        re_pb2.BatchUpdateBlobsRequest(requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=bad, data=b"abc")]),
+        metadata=client.metadata,
+    )
+    assert reply.responses[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert stored_files() == before
+
+
+def test_a_batch_over_the_advertised_limit_is_refused_whole(client: Client) -> None:
+    limit = client.get_capabilities().cache_capabilities.max_batch_total_size_bytes
+    assert 0 < limit < 4 * 1024 * 1024
+    blobs = [os.urandom(limit // 2 + 1), os.urandom(limit // 2 + 1)]
+    before = stored_files()
+    with pytest.raises(grpc.RpcError) as info:
+        client.upload(*blobs)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_batch_total_size_bytes" in (info.value.details() or "")
+    assert stored_files() == before
+    big = digest(blobs[0])
+    with pytest.raises(grpc.RpcError) as info:
+        client.batch_read(big, big)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_missing_blob_is_not_found_in_a_batch_read(client: Client) -> None:
+    present = os.urandom(10)
+    client.upload(present)
+    absent = digest(os.urandom(10))
+    reply = client.batch_read(digest(present), absent)
+    assert reply.responses[0].data == present
+    assert reply.responses[1].status.code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_it_refuses_other_digest_functions(client: Client) -> None:
+    request = re_pb2.FindMissingBlobsRequest(
+        blob_digests=[digest(b"x")], digest_function=re_pb2.DigestFunction.SHA1
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        client.cas.FindMissingBlobs(request, metadata=client.metadata)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "SHA1" in (info.value.details() or "")
+
+
+def make_tree(client: Client, width: int, depth: int) -> tuple[re_pb2.Digest, int]:
+    """Upload a directory tree; returns its root digest and how many directories it holds."""
+    count = 0
+
+    def build(level: int, tag: str) -> re_pb2.Digest:
+        nonlocal count
+        d = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=digest(tag.encode()))])
+        if level < depth:
+            for i in range(width):
+                child = build(level + 1, f"{tag}/{i}")
+                d.directories.append(re_pb2.DirectoryNode(name=f"d{i}", digest=child))
+        data = d.SerializeToString()
+        client.upload(data)
+        count += 1
+        return digest(data)
+
+    return build(0, "root"), count
+
+
+def test_get_tree_streams_every_directory_and_pages(client: Client) -> None:
+    root, count = make_tree(client, width=3, depth=3)  # 1 + 3 + 9 + 27 directories
+    assert count == 40
+    whole = list(client.cas.GetTree(re_pb2.GetTreeRequest(root_digest=root), metadata=client.metadata))
+    assert sum(len(r.directories) for r in whole) == 40
+    seen, token, pages = 0, "", 0
+    while True:
+        page = list(
+            client.cas.GetTree(
+                re_pb2.GetTreeRequest(root_digest=root, page_size=7, page_token=token),
+                metadata=client.metadata,
+            )
+        )
+        assert len(page) == 1
+        seen += len(page[0].directories)
+        pages += 1
+        token = page[0].next_page_token
+        if not token:
+            break
+    assert (seen, pages) == (40, 6)
+
+
+def test_get_tree_of_a_missing_root_is_not_found_and_bad_tokens_are_refused(client: Client) -> None:
+    missing = digest(b"no such directory")
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.cas.GetTree(re_pb2.GetTreeRequest(root_digest=missing), metadata=client.metadata))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    root, _ = make_tree(client, 1, 1)
+    with pytest.raises(grpc.RpcError) as info:
+        list(
+            client.cas.GetTree(
+                re_pb2.GetTreeRequest(root_digest=root, page_token="forged"), metadata=client.metadata
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_one_tenant_cannot_find_read_or_overwrite_anothers_blobs(
+    external_server: ReapiServer, acme: Persona, globex: Persona
+) -> None:
+    alice = Client(external_server.channel(), acme.pat())
+    charlie = Client(external_server.channel(), globex.pat())
+    secret = b"acme's secret " + os.urandom(16)
+    alice.upload(secret)
+    d = digest(secret)
+    assert charlie.missing(d) == [d]
+    assert charlie.batch_read(d).responses[0].status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    with pytest.raises(grpc.RpcError) as info:
+        charlie.read(d)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # Charlie uploading the same bytes creates his own copy; alice's stays hers.
+    charlie.upload(secret)
+    assert charlie.missing(d) == [] and alice.read(d) == secret
+    files = stored_files()
+    assert f"{acme.slug}/cas/{d.hash[:2]}/{d.hash}" in files
+    assert f"{globex.slug}/cas/{d.hash[:2]}/{d.hash}" in files
