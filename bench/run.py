@@ -1,0 +1,205 @@
+"""Speed bench (issue 2): our REAPI server with auth on, beside BuildGrid, on this machine.
+
+    .venv/bin/python bench/run.py [--only ours|buildgrid] [--processes 1,2] [--quick]
+
+Starts each server on a free loopback port in a throw-away directory, runs the workloads of
+bench/workloads.py against it from client threads in this process, stops it, and prints one
+table: our figures per process count, BuildGrid's, the speed-up, the target and pass/fail.
+The results also go to bench/results/<time>.json. Exits 1 when BuildGrid could not be
+measured or a target was missed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(1, str(BENCH))
+
+import servers  # noqa: E402
+import workloads  # noqa: E402
+
+# Issue 2's targets for this 2-core machine: (unit, bound, higher is better).
+TARGETS: dict[str, tuple[float, bool]] = {
+    "ByteStream Write 64 MiB": (250, True),
+    "ByteStream Read 64 MiB": (400, True),
+    "BatchUpdateBlobs": (15_000, True),
+    "BatchReadBlobs": (30_000, True),
+    "FindMissingBlobs": (30, False),
+    "GetActionResult": (3_000, True),
+}
+
+
+def target_of(name: str) -> tuple[float, bool] | None:
+    for prefix, target in TARGETS.items():
+        if name.startswith(prefix):
+            return target
+    return None
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def measure_ours(
+    workdir: Path, processes: list[int], threads: int | None, quick: bool
+) -> dict[str, list[dict]]:
+    ours = servers.Ours(workdir)
+    log("ours: migrating a throw-away database, creating a tenant and a PAT …")
+    ours.prepare()
+    columns: dict[str, list[dict]] = {}
+    for n in processes:
+        with ours.serve(n, threads) as running:
+            log(f"ours, {n} process{'es' if n > 1 else ''}: serving on {running.address} (auth on)")
+            target = workloads.Target(running.address, ours.metadata)
+            columns[f"ours {n}p"] = [as_dict(r) for r in workloads.run_all(target, quick, log)]
+    return columns
+
+
+def measure_buildgrid(workdir: Path, quick: bool) -> tuple[str, list[dict]]:
+    version = servers.install_buildgrid(log)
+    with servers.buildgrid(workdir) as running:
+        log(f"BuildGrid {version}: serving on {running.address} (disk storage, no auth)")
+        results = workloads.run_all(workloads.Target(running.address), quick, log)
+    return version, [as_dict(r) for r in results]
+
+
+def as_dict(r: workloads.Result) -> dict:
+    return {
+        "name": r.name,
+        "unit": r.unit,
+        "higher_is_better": r.higher_is_better,
+        "value": r.value,
+        "samples": r.samples,
+        "detail": r.detail,
+    }
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def passes(value: float, target: tuple[float, bool]) -> bool:
+    bound, higher = target
+    return value >= bound if higher else value <= bound
+
+
+def table(columns: dict[str, list[dict]], buildgrid: list[dict] | None) -> tuple[str, bool]:
+    names = (
+        [r["name"] for r in next(iter(columns.values()))] if columns else [r["name"] for r in buildgrid or []]
+    )
+    ours_cols = list(columns)
+    header = ["workload", "unit", *ours_cols, "BuildGrid", *(f"{c} vs BG" for c in ours_cols), "target"]
+    header += [f"{c} pass" for c in ours_cols]
+    rows = [header]
+    all_pass = True
+    for i, name in enumerate(names):
+        unit = (next(iter(columns.values()))[i] if columns else (buildgrid or [])[i])["unit"]
+        bg = buildgrid[i]["value"] if buildgrid else None
+        ours_values = [columns[c][i]["value"] for c in ours_cols]
+        higher = (next(iter(columns.values()))[i] if columns else (buildgrid or [])[i])["higher_is_better"]
+        # Speed-up: how many times faster ours is (a latency ratio is inverted to match).
+        ratios = ["-" if bg is None else f"{(v / bg if higher else bg / v):.2f}x" for v in ours_values]
+        target = target_of(name)
+        marks = []
+        for v in ours_values:
+            ok = target is None or passes(v, target)
+            all_pass &= ok
+            marks.append("pass" if ok else "FAIL")
+        target_text = "-" if target is None else f"{'>=' if target[1] else '<='} {fmt(target[0])}"
+        rows.append([name, unit, *map(fmt, ours_values), fmt(bg), *ratios, target_text, *marks])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines), all_pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", choices=("ours", "buildgrid"), help="measure one server only")
+    parser.add_argument(
+        "--processes", default="1,2", help="our server's process counts to measure (default 1,2)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="our server's handler threads per process (default: its own)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--keep", action="store_true", help="keep the throw-away data directory")
+    args = parser.parse_args()
+    processes = [int(p) for p in args.processes.split(",") if p.strip()]
+
+    started = time.time()
+    workdir = servers.workdir()
+    log(f"bench: data in {workdir}; {os.cpu_count()} cores, Python {platform.python_version()}")
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        log(f"warning: load average {load_before:.2f} before the run: other work shares these cores")
+    columns: dict[str, list[dict]] = {}
+    buildgrid: list[dict] | None = None
+    bg_version = ""
+    bg_error = ""
+    try:
+        if args.only != "buildgrid":
+            columns = measure_ours(workdir, processes, args.threads, args.quick)
+        if args.only != "ours":
+            try:
+                bg_version, buildgrid = measure_buildgrid(workdir, args.quick)
+            except servers.BuildGridUnavailable as exc:
+                bg_error = str(exc)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    text, all_pass = table(columns, buildgrid)
+    log("")
+    log(text)
+    if bg_version:
+        log(
+            f"\nBuildGrid {bg_version} from PyPI; ours with auth on (PAT in x-aspect); "
+            "client on this machine."
+        )
+    if bg_error:
+        banner = "!" * 78
+        log(f"\n{banner}\nBUILDGRID WAS NOT MEASURED: {bg_error}\n{banner}")
+
+    results_dir = BENCH / "results"
+    results_dir.mkdir(exist_ok=True)
+    out = results_dir / time.strftime("%Y%m%d-%H%M%S.json")
+    out.write_text(
+        json.dumps(
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                "seconds": round(time.time() - started, 1),
+                "cores": os.cpu_count(),
+                "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "quick": args.quick,
+                "ours": columns,
+                "buildgrid": {"version": bg_version, "results": buildgrid, "error": bg_error},
+                "all_targets_met": all_pass,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    log(f"results: {out.relative_to(BENCH.parent)} ({time.time() - started:.0f} s in all)")
+    return 0 if all_pass and not bg_error else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The servers under test: ours (`manage.py reapi serve`, auth on) and BuildGrid, each in a
+child process on a free loopback port, in a throw-away data directory, always stopped."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+# Newest first. BuildGrid 0.5 and later need a newer Python than ours (3.11); the pins are
+# exact so two runs compare the same server.
+BUILDGRID_VERSIONS = ("0.4.4", "0.4.3", "0.3.5")
+BUILDGRID_VENV = BENCH / ".venv-buildgrid"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(
+    address: str, proc: subprocess.Popen[bytes], log: Path, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    """Wait until GetCapabilities answers (both servers serve it), or fail with the log."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            with grpc.insecure_channel(address) as ch:
+                re_grpc.CapabilitiesStub(ch).GetCapabilities(
+                    re_pb2.GetCapabilitiesRequest(), metadata=metadata, timeout=1
+                )
+            return
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on {address} did not answer within 60 s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Ours:
+    """A throw-away DATA_DIR with a migrated SQLite database, one tenant and one PAT."""
+
+    TENANT = "bench"
+
+    def __init__(self, workdir: Path) -> None:
+        self.data_dir = workdir / "ours"
+        self.env = {
+            **os.environ,
+            "DATA_DIR": str(self.data_dir),
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+        }
+        for name in ("DATABASE_URL", "REAPI_STORAGE_INTERNAL", "REAPI_STORAGE_EXTERNAL", "REAPI_TLS_CERT"):
+            self.env.pop(name, None)
+        self.pat = ""
+
+    def manage(self, command: str, *args: str) -> str:
+        # System checks cover the portal, which the bench does not serve.
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), command, "--skip-checks", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {command} {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True)
+        self.manage("migrate", "--no-input", "-v0")
+        self.manage("tenant", "create", self.TENANT)
+        self.manage("tenant", "add-member", self.TENANT, "bencher", "--role", "admin")
+        out = self.manage("token", "issue", "--tenant", self.TENANT, "--user", "bencher", "--name", "bench")
+        self.pat = out.strip().splitlines()[-1]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-aspect", self.pat),)
+
+    def serve(self, processes: int, threads: int | None) -> "Running":
+        port = free_port()
+        argv = [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "reapi",
+            "serve",
+            "--cluster",
+            "external",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--processes",
+            str(processes),
+        ]
+        if threads:
+            argv += ["--threads", str(threads)]
+        log = self.data_dir / f"serve-{port}.log"
+        return Running(argv, ROOT, self.env, f"127.0.0.1:{port}", log, self.metadata)
+
+
+class Running:
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        address: str,
+        log: Path,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.argv, self.cwd, self.env, self.address, self.log = argv, cwd, env, address, log
+        self.metadata = metadata
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> "Running":
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_serving(self.address, self.proc, self.log, self.metadata)
+        except BaseException:
+            stop(self.proc)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stop(self.proc)
+
+
+# --- BuildGrid ------------------------------------------------------------------------------
+
+
+class BuildGridUnavailable(RuntimeError):
+    pass
+
+
+def _installed_buildgrid() -> str | None:
+    marker = BUILDGRID_VENV / "installed-version"
+    if marker.exists() and (BUILDGRID_VENV / "bin" / "bgd").exists():
+        return marker.read_text().strip()
+    return None
+
+
+def install_buildgrid(log: Callable[[str], None]) -> str:
+    """BuildGrid from PyPI into its own virtualenv (reused when present); its version."""
+    found = _installed_buildgrid()
+    if found in BUILDGRID_VERSIONS:
+        return found
+    errors = []
+    for version in BUILDGRID_VERSIONS:
+        log(f"installing buildgrid=={version} into {BUILDGRID_VENV.relative_to(ROOT)} …")
+        shutil.rmtree(BUILDGRID_VENV, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(BUILDGRID_VENV)], check=True)
+        pip = [
+            str(BUILDGRID_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+        ]
+        done = subprocess.run([*pip, f"buildgrid=={version}"], capture_output=True, text=True, timeout=600)
+        if done.returncode == 0 and (BUILDGRID_VENV / "bin" / "bgd").exists():
+            (BUILDGRID_VENV / "installed-version").write_text(version + "\n")
+            return version
+        errors.append(f"buildgrid=={version}: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    shutil.rmtree(BUILDGRID_VENV, ignore_errors=True)
+    raise BuildGridUnavailable("could not install BuildGrid from PyPI:\n  " + "\n  ".join(errors))
+
+
+BUILDGRID_CONFIG = """\
+# BuildGrid for the bench: CAS and ByteStream on disk; the action cache is BuildGrid's LRU
+# map of action digest -> ActionResult message, the message itself stored in the same disk
+# CAS (BuildGrid has no other disk-backed action cache), with completeness checking.
+server:
+  - !channel
+    address: "{address}"
+    insecure-mode: true
+authorization:
+  method: none
+storages:
+  - !disk-storage &cas
+    path: {cas}
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: true
+instances:
+  - name: ""
+    services:
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+      - !action-cache
+        cache: *ac
+thread-pool-size: {threads}
+"""
+
+
+def buildgrid(workdir: Path, threads: int = 32) -> Running:
+    home = workdir / "buildgrid"
+    (home / "cas").mkdir(parents=True)
+    port = free_port()
+    config = home / "bgd.yml"
+    config.write_text(BUILDGRID_CONFIG.format(address=f"127.0.0.1:{port}", cas=home / "cas", threads=threads))
+    argv = [str(BUILDGRID_VENV / "bin" / "bgd"), "server", "start", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "DATA_DIR", "DATABASE"))}
+    return Running(argv, home, env, f"127.0.0.1:{port}", home / "bgd.log", ())
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="reapi-bench-"))
