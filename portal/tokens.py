@@ -12,6 +12,8 @@ from django.utils import timezone
 from portal import audit, pats
 from portal.models import SCOPES, AccessToken, Membership, Tenant
 
+ALL_SCOPES = ",".join(SCOPES)
+
 
 class TokenError(ValueError):
     pass
@@ -40,7 +42,7 @@ def issue(
     username: str,
     *,
     name: str = "",
-    scopes: str | list[str] = ",".join(SCOPES),
+    scopes: str | list[str] = ALL_SCOPES,
     expires_in_days: int | None = None,
     actor: AbstractBaseUser | None = None,
 ) -> IssuedToken:
@@ -87,9 +89,7 @@ def find(pat_or_id: str) -> AccessToken:
         if pat_or_id.isdigit():
             return AccessToken.objects.select_related("tenant", "user").get(pk=int(pat_or_id))
         pats.check_format(pat_or_id)
-        return AccessToken.objects.select_related("tenant", "user").get(
-            digest=pats.digest(pat_or_id)
-        )
+        return AccessToken.objects.select_related("tenant", "user").get(digest=pats.digest(pat_or_id))
     except pats.MalformedToken as exc:
         raise TokenError(str(exc)) from None
     except AccessToken.DoesNotExist:

@@ -90,10 +90,14 @@ class ActionCache:
         # REAPI: the server MAY omit inlining and MUST when the response would grow too large.
         budget = INLINE_LIMIT
         if inline_stdout and result.HasField("stdout_digest") and result.stdout_digest.size_bytes <= budget:
-            result.stdout_raw = self.cas.get(tenant, Digest(result.stdout_digest.hash, result.stdout_digest.size_bytes))
+            result.stdout_raw = self.cas.get(
+                tenant, Digest(result.stdout_digest.hash, result.stdout_digest.size_bytes)
+            )
             budget -= len(result.stdout_raw)
         if inline_stderr and result.HasField("stderr_digest") and result.stderr_digest.size_bytes <= budget:
-            result.stderr_raw = self.cas.get(tenant, Digest(result.stderr_digest.hash, result.stderr_digest.size_bytes))
+            result.stderr_raw = self.cas.get(
+                tenant, Digest(result.stderr_digest.hash, result.stderr_digest.size_bytes)
+            )
             budget -= len(result.stderr_raw)
         for f in result.output_files:
             if f.path in inline_files and f.digest.size_bytes <= budget:

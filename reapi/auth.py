@@ -44,9 +44,7 @@ class Principal:
     def check_instance(self, instance_name: str) -> None:
         # The tenant comes from the credential; the instance name may only repeat it.
         if instance_name not in ("", self.tenant):
-            raise PermissionDenied(
-                f"instance name {instance_name[:100]!r} is not this credential's tenant"
-            )
+            raise PermissionDenied(f"instance name {instance_name[:100]!r} is not this credential's tenant")
 
 
 class CredentialCache:
@@ -85,8 +83,7 @@ def credential_from_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> s
                 raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
             return rest.strip()
     raise Unauthenticated(
-        "no credential: send x-aspect: aw_pat_… (bazel --remote_header=X-Aspect=…) "
-        "or authorization: Bearer …"
+        "no credential: send x-aspect: aw_pat_… (bazel --remote_header=X-Aspect=…) or authorization: Bearer …"
     )
 
 
@@ -113,9 +110,7 @@ def authenticate(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
 
 def _lookup(digest: str) -> Principal | Unauthenticated:
     close_old_connections()
-    token = (
-        AccessToken.objects.select_related("tenant", "user").filter(digest=digest).first()
-    )
+    token = AccessToken.objects.select_related("tenant", "user").filter(digest=digest).first()
     if token is None:
         return Unauthenticated("unknown personal access token")
     if token.revoked_at is not None:

@@ -6,6 +6,7 @@ BlobFileSystemStorage directly: the hot paths (FindMissingBlobs, batch reads) ca
 Django's File wrappers per blob.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -71,10 +72,8 @@ class FileBlobStore:
         # The filesystem is mounted relatime, so reads do not move atime reliably: the
         # eviction job's notion of "recently used" comes from these explicit touches.
         for key in keys:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.utime(self._path(key))
-            except FileNotFoundError:
-                pass
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -128,10 +127,8 @@ class FileBlobStore:
             os.replace(path, final)
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
 
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         """(key, size, last access) of every blob under `prefix`."""

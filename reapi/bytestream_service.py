@@ -23,7 +23,9 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
         return who.tenant, clusters.for_call(self.cluster, who.cache_mode)
 
     @streaming
-    def Read(self, request: bs_pb2.ReadRequest, context: grpc.ServicerContext) -> Iterator[bs_pb2.ReadResponse]:
+    def Read(
+        self, request: bs_pb2.ReadRequest, context: grpc.ServicerContext
+    ) -> Iterator[bs_pb2.ReadResponse]:
         name = digests.parse_read(request.resource_name)
         tenant, backend = self._backend(name.instance)
         if name.compressor:

@@ -271,11 +271,12 @@ class Upload:
             with open(path, "rb") as f:
                 while block := f.read(READ_CHUNK):
                     self.hasher.update(block)
-            self.file = open(path, "ab")
+            # Held open across the stream's messages; closed by finish/suspend/discard.
+            self.file = open(path, "ab")  # noqa: SIM115
         else:
             # A fresh start replaces any earlier partial of the same upload.
             tmp = path.with_suffix(f".{uuid.uuid4().hex}.new")
-            self.file = open(tmp, "wb")
+            self.file = open(tmp, "wb")  # noqa: SIM115
             os.replace(tmp, path)
         self.committed = offset
 
@@ -284,9 +285,7 @@ class Upload:
             raise InvalidArgument(f"write_offset {offset} is not the next byte ({self.committed})")
         if self.committed + len(data) > self.digest.size:
             self.discard()
-            raise InvalidArgument(
-                f"upload of {self.digest} sent more than its {self.digest.size} bytes"
-            )
+            raise InvalidArgument(f"upload of {self.digest} sent more than its {self.digest.size} bytes")
         self.file.write(data)
         self.hasher.update(data)
         self.committed += len(data)

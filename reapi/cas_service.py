@@ -16,7 +16,11 @@ SHA256_FUNCTIONS = (re_pb2.DigestFunction.UNKNOWN, re_pb2.DigestFunction.SHA256)
 
 def check_digest_function(value: int) -> None:
     if value not in SHA256_FUNCTIONS:
-        name = re_pb2.DigestFunction.Value.Name(value) if value in re_pb2.DigestFunction.Value.values() else value
+        name = (
+            re_pb2.DigestFunction.Value.Name(value)
+            if value in re_pb2.DigestFunction.Value.values()
+            else value
+        )
         raise InvalidArgument(f"digest function {name} is not supported; this server uses SHA256")
 
 

@@ -128,7 +128,9 @@ def parse_write(resource: str) -> ResourceName:
                 f"resource name {resource!r}: {seg!r} is a reserved segment where the instance "
                 "name or uploads/UUID/blobs/HASH/SIZE was expected"
             )
-    raise InvalidArgument(f"resource name {resource!r} is not of the form [instance/]uploads/UUID/blobs/HASH/SIZE")
+    raise InvalidArgument(
+        f"resource name {resource!r} is not of the form [instance/]uploads/UUID/blobs/HASH/SIZE"
+    )
 
 
 def cas_key(tenant: str, digest: Digest) -> str:

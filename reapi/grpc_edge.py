@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from reapi import auth
-from reapi.errors import FailedPrecondition, ReapiError
+from reapi.errors import FailedPrecondition, PermissionDenied, ReapiError
 from reapi.gen.google.rpc import status_pb2
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         try:
             who = auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
             if method not in METHOD_SCOPES:
-                raise auth.PermissionDenied(f"method {method} is not served to credentials")
+                raise PermissionDenied(f"method {method} is not served to credentials")
             scope = METHOD_SCOPES[method]
             if scope is not None:
                 who.require(scope)
         except ReapiError as err:
-            return _replace_behaviour(handler, lambda _inner, streams: _deny(err, streams))
+            refusal = err
+            return _replace_behaviour(handler, lambda _inner, streams: _deny(refusal, streams))
         return _replace_behaviour(handler, lambda inner, streams: _with_principal(inner, who, streams))
 
 

@@ -73,7 +73,7 @@ def _bind(server: grpc.Server, listen: str) -> int:
 
 
 def serve(cluster: str, listen: str, threads: int = 32) -> None:
-    server, port = build(cluster, listen, threads)
+    server, _port = build(cluster, listen, threads)
     server.start()
     scheme = "grpcs" if settings.REAPI_TLS_CERT else "grpc"
     log.info("REAPI %s cluster serving on %s://%s (pid %d)", cluster, scheme, listen, os.getpid())

@@ -98,9 +98,7 @@ class Bazel:
             *self.startup,
             *args,
         ]
-        proc = subprocess.run(
-            cmd, cwd=self.workspace, capture_output=True, text=True, timeout=timeout
-        )
+        proc = subprocess.run(cmd, cwd=self.workspace, capture_output=True, text=True, timeout=timeout)
         output = proc.stdout + proc.stderr
         return BuildResult(proc.returncode, output, parse_processes(output))
 

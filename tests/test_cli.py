@@ -42,8 +42,20 @@ def test_it_issues_a_token_alone_on_the_last_line_and_stores_only_its_digest() -
     s = slug()
     manage("tenant", "create", s)
     manage("tenant", "add-member", s, f"erin-{s}")
-    out = manage("token", "issue", "--tenant", s, "--user", f"erin-{s}", "--name", "laptop",
-                 "--scopes", "cas:read,ac:read", "--expires-in", "7")
+    out = manage(
+        "token",
+        "issue",
+        "--tenant",
+        s,
+        "--user",
+        f"erin-{s}",
+        "--name",
+        "laptop",
+        "--scopes",
+        "cas:read,ac:read",
+        "--expires-in",
+        "7",
+    )
     pat = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"aw_pat_[0-9A-Za-z]{36}", pat)
     token = AccessToken.objects.get(digest=pats.digest(pat))
@@ -71,7 +83,9 @@ def test_it_refuses_bad_token_input() -> None:
     s = slug()
     manage("tenant", "create", s)
     manage("tenant", "add-member", s, f"gus-{s}")
-    scope = manage("token", "issue", "--tenant", s, "--user", f"gus-{s}", "--scopes", "cas:read,admin", check=False)
+    scope = manage(
+        "token", "issue", "--tenant", s, "--user", f"gus-{s}", "--scopes", "cas:read,admin", check=False
+    )
     assert scope.returncode != 0 and "unknown scope(s) admin" in scope.stderr
     outsider = manage("token", "issue", "--tenant", s, "--user", "nobody-at-all", check=False)
     assert outsider.returncode != 0 and "no user 'nobody-at-all'" in outsider.stderr

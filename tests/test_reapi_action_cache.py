@@ -87,7 +87,10 @@ def test_an_entry_whose_output_tree_is_incomplete_is_a_miss(client: Client) -> N
     client.upload(tree_bytes)
     action = digest(os.urandom(32))
     client.update_action_result(
-        action, re_pb2.ActionResult(output_directories=[re_pb2.OutputDirectory(path="out", tree_digest=digest(tree_bytes))])
+        action,
+        re_pb2.ActionResult(
+            output_directories=[re_pb2.OutputDirectory(path="out", tree_digest=digest(tree_bytes))]
+        ),
     )
     with pytest.raises(grpc.RpcError) as info:
         client.get_action_result(action)
@@ -98,7 +101,9 @@ def test_an_entry_whose_output_tree_is_incomplete_is_a_miss(client: Client) -> N
 
 def test_it_rejects_malformed_entries(client: Client) -> None:
     action = digest(os.urandom(32))
-    bad = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="x", digest=re_pb2.Digest(hash="zz", size_bytes=1))])
+    bad = re_pb2.ActionResult(
+        output_files=[re_pb2.OutputFile(path="x", digest=re_pb2.Digest(hash="zz", size_bytes=1))]
+    )
     with pytest.raises(grpc.RpcError) as info:
         client.update_action_result(action, bad)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -133,7 +133,10 @@ def test_a_read_only_token_cannot_write_and_is_told_so(external_server: ReapiSer
     for call, scope in [
         (lambda: client.upload(b"poison"), "cas:write"),
         (lambda: client.write(b"poison"), "cas:write"),
-        (lambda: client.update_action_result(digest(b"action"), re_pb2.ActionResult(exit_code=0)), "ac:write"),
+        (
+            lambda: client.update_action_result(digest(b"action"), re_pb2.ActionResult(exit_code=0)),
+            "ac:write",
+        ),
     ]:
         err = rpc_error(call)
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -157,5 +160,7 @@ def test_health_needs_no_credential(external_server: ReapiServer) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     stub = health_pb2_grpc.HealthStub(external_server.channel())
-    reply = stub.Check(health_pb2.HealthCheckRequest(service="build.bazel.remote.execution.v2.ContentAddressableStorage"))
+    reply = stub.Check(
+        health_pb2.HealthCheckRequest(service="build.bazel.remote.execution.v2.ContentAddressableStorage")
+    )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

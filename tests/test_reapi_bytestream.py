@@ -60,7 +60,9 @@ def test_writing_a_present_blob_ends_early_with_the_full_size(client: Client) ->
         for offset in range(0, len(data), MIB):
             sent.append(offset)
             yield bs_pb2.WriteRequest(
-                resource_name=name, write_offset=offset, data=data[offset : offset + MIB],
+                resource_name=name,
+                write_offset=offset,
+                data=data[offset : offset + MIB],
                 finish_write=offset + MIB >= len(data),
             )
 
@@ -189,7 +191,9 @@ def test_it_rejects_malformed_write_names_and_writes_nothing(
     client: Client, template: str, message: str
 ) -> None:
     data = b"hello"
-    name = template.format(i=client.instance, u=uuid.uuid4(), h=digest(data).hash, H=digest(data).hash.upper())
+    name = template.format(
+        i=client.instance, u=uuid.uuid4(), h=digest(data).hash, H=digest(data).hash.upper()
+    )
     before = stored_files()
 
     def requests() -> Iterator[bs_pb2.WriteRequest]:
@@ -243,7 +247,9 @@ def test_corrupt_zstd_is_refused(client: Client) -> None:
     name = f"{client.instance}/uploads/{uuid.uuid4()}/compressed-blobs/zstd/{d.hash}/{d.size_bytes}"
 
     def requests() -> Iterator[bs_pb2.WriteRequest]:
-        yield bs_pb2.WriteRequest(resource_name=name, write_offset=0, data=b"not zstd at all", finish_write=True)
+        yield bs_pb2.WriteRequest(
+            resource_name=name, write_offset=0, data=b"not zstd at all", finish_write=True
+        )
 
     with pytest.raises(grpc.RpcError) as info:
         client.bytestream.Write(requests(), metadata=client.metadata)

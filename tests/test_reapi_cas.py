@@ -72,7 +72,9 @@ def test_it_rejects_malformed_digests(client: Client, hash_: str, size: int, mes
     assert message in (info.value.details() or "")
     before = stored_files()
     reply = client.cas.BatchUpdateBlobs(
-        re_pb2.BatchUpdateBlobsRequest(requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=bad, data=b"abc")]),
+        re_pb2.BatchUpdateBlobsRequest(
+            requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=bad, data=b"abc")]
+        ),
         metadata=client.metadata,
     )
     assert reply.responses[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

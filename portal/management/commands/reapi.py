@@ -24,8 +24,7 @@ class Command(BaseCommand):
             "--processes",
             type=int,
             default=1,
-            help="server processes sharing the port (SO_REUSEPORT); Python serves one "
-            "core per process",
+            help="server processes sharing the port (SO_REUSEPORT); Python serves one core per process",
         )
         serve.add_argument("--threads", type=int, default=32, help="handler threads per process")
 
