@@ -33,12 +33,22 @@ class Command(BaseCommand):
         commands = {
             "portal": [*manage, "runserver", options["portal"], "--noreload"],
             "reapi-external": [
-                *manage, "reapi", "serve", "--cluster", "external",
-                "--listen", _hostport(settings.REAPI_URLS["external"]),
+                *manage,
+                "reapi",
+                "serve",
+                "--cluster",
+                "external",
+                "--listen",
+                _hostport(settings.REAPI_URLS["external"]),
             ],
             "reapi-internal": [
-                *manage, "reapi", "serve", "--cluster", "internal",
-                "--listen", _hostport(settings.REAPI_URLS["internal"]),
+                *manage,
+                "reapi",
+                "serve",
+                "--cluster",
+                "internal",
+                "--listen",
+                _hostport(settings.REAPI_URLS["internal"]),
             ],
         }
         commands.update(self.worker_commands(manage) if not options["no_workers"] else {})
