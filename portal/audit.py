@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from portal.models import AuditEvent, Tenant
 
@@ -11,7 +11,7 @@ def record(
     action: str,
     *,
     tenant: Tenant | None = None,
-    actor: AbstractBaseUser | AnonymousUser | None = None,
+    actor: User | AnonymousUser | None = None,
     token_prefix: str = "",
     **detail: Any,
 ) -> AuditEvent:

@@ -1,7 +1,7 @@
 """Tenants and memberships: the operations the CLI, the pages and the API share."""
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from portal import audit
@@ -28,7 +28,7 @@ def check_mode(mode: str) -> CacheMode:
 
 
 def create_tenant(
-    slug: str, mode: str = CacheMode.INDEPENDENT, actor: AbstractBaseUser | None = None
+    slug: str, mode: str = CacheMode.INDEPENDENT, actor: User | None = None
 ) -> Tenant:
     from django.utils.text import slugify
 
@@ -44,7 +44,7 @@ def create_tenant(
     return tenant
 
 
-def set_cache_mode(tenant: Tenant, mode: str, actor: AbstractBaseUser | None = None) -> Tenant:
+def set_cache_mode(tenant: Tenant, mode: str, actor: User | None = None) -> Tenant:
     new_mode = check_mode(mode)
     old_mode = tenant.cache_mode
     if old_mode != new_mode:
@@ -56,7 +56,7 @@ def set_cache_mode(tenant: Tenant, mode: str, actor: AbstractBaseUser | None = N
 
 
 def add_member(
-    tenant: Tenant, username: str, role: str = Role.DEVELOPER, actor: AbstractBaseUser | None = None
+    tenant: Tenant, username: str, role: str = Role.DEVELOPER, actor: User | None = None
 ) -> Membership:
     if role not in Role.values:
         raise TenancyError(f"unknown role {role!r} (choose {', '.join(Role.values)})")

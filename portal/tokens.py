@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -44,7 +44,7 @@ def issue(
     name: str = "",
     scopes: str | list[str] = ALL_SCOPES,
     expires_in_days: int | None = None,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> IssuedToken:
     scope_list = parse_scopes(scopes)
     if expires_in_days is None:
@@ -96,7 +96,7 @@ def find(pat_or_id: str) -> AccessToken:
         raise TokenError("no such token") from None
 
 
-def revoke(token: AccessToken, actor: AbstractBaseUser | None = None) -> AccessToken:
+def revoke(token: AccessToken, actor: User | None = None) -> AccessToken:
     if token.revoked_at is None:
         with transaction.atomic():
             token.revoked_at = timezone.now()

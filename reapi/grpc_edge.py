@@ -191,4 +191,5 @@ def _replace_behaviour(
         return grpc.unary_stream_rpc_method_handler(make(handler.unary_stream, True), des, ser)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(make(handler.stream_unary, False), des, ser)
+    assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(make(handler.stream_stream, True), des, ser)
