@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from portal import audit, pats
 from portal.models import AccessToken
-from reapi.errors import PermissionDenied, Unauthenticated
+from reapi.errors import PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,11 @@ def authenticate(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
     now = time.monotonic()
     cached = _cache.get(key, now)
     if cached is None:
-        cached = _lookup(key)
+        try:
+            cached = _lookup(key)
+        except DatabaseError:
+            log.exception("token lookup failed")
+            raise Unavailable("the credential store is unreachable; retry shortly") from None
         _cache.put(key, cached, now)
     if isinstance(cached, Unauthenticated):
         raise cached

@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from reapi import auth
-from reapi.errors import FailedPrecondition, PermissionDenied, ReapiError
+from reapi.errors import FailedPrecondition, Internal, PermissionDenied, ReapiError
 from reapi.gen.google.rpc import status_pb2
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,9 @@ def unary(method: F) -> F:
             return method(self, request, context)
         except ReapiError as err:
             abort(context, err)
+        except Exception:
+            log.exception("%s failed", method.__qualname__)
+            abort(context, Internal(f"{method.__name__} failed on the server; the error is logged"))
 
     return wrapper  # type: ignore[return-value]
 
@@ -117,6 +120,9 @@ def streaming(method: F) -> F:
             yield from method(self, request, context)
         except ReapiError as err:
             abort(context, err)
+        except Exception:
+            log.exception("%s failed", method.__qualname__)
+            abort(context, Internal(f"{method.__name__} failed on the server; the error is logged"))
 
     return wrapper  # type: ignore[return-value]
 
