@@ -6,7 +6,7 @@ Bazel with --remote_download_minimal trusts a hit without fetching its outputs, 
 a missing output would fail the build later. A dangling entry is a miss instead.
 """
 
-import time
+from collections.abc import Callable
 
 from reapi import digests
 from reapi.blobstore import BlobStore
@@ -60,12 +60,12 @@ class ActionCache:
         return result
 
     def missing_blobs(self, tenant: str, result: re_pb2.ActionResult) -> list[Digest]:
-        now = time.time()
-        missing = []
-        for ref in referenced_digests(result):
-            d = Digest(ref.hash, ref.size_bytes)
-            if not self.cas.contains(tenant, d, now):
-                missing.append(d)
+        # Two batched lookups (the outputs, then the files of output trees), so an indexed
+        # store answers a large result in two queries.
+        missing = self.cas.find_missing(
+            tenant, [Digest(r.hash, r.size_bytes) for r in referenced_digests(result)]
+        )
+        tree_files = []
         for out_dir in result.output_directories:
             tree_digest = Digest(out_dir.tree_digest.hash, out_dir.tree_digest.size_bytes)
             if tree_digest in missing:
@@ -73,10 +73,9 @@ class ActionCache:
             tree = re_pb2.Tree()
             tree.ParseFromString(self.cas.get(tenant, tree_digest))
             for directory in [tree.root, *tree.children]:
-                for f in directory.files:
-                    d = Digest(f.digest.hash, f.digest.size_bytes)
-                    if not self.cas.contains(tenant, d, now):
-                        missing.append(d)
+                tree_files += [Digest(f.digest.hash, f.digest.size_bytes) for f in directory.files]
+        if tree_files:
+            missing += self.cas.find_missing(tenant, tree_files)
         return missing
 
     def _inline(
@@ -104,13 +103,26 @@ class ActionCache:
                 f.contents = self.cas.get(tenant, Digest(f.digest.hash, f.digest.size_bytes))
                 budget -= len(f.contents)
 
-    def put(self, tenant: str, action: Digest, result: re_pb2.ActionResult) -> re_pb2.ActionResult:
+    def put(
+        self,
+        tenant: str,
+        action: Digest,
+        result: re_pb2.ActionResult,
+        record: Callable[[], None] | None = None,
+    ) -> re_pb2.ActionResult:
+        """Store `result`; `record` (provenance) runs once it is valid, before it is visible."""
         for ref in referenced_digests(result):
             _checked(ref, "action result")
         for f in result.output_files:
             if not f.path or f.path.startswith("/"):
                 raise InvalidArgument(f"output file path {f.path!r} must be relative and not empty")
-        self.store.put(digests.ac_key(tenant, action), result.SerializeToString(deterministic=True))
+        data = result.SerializeToString(deterministic=True)
+        self.cas.quota.admit(tenant, len(data))
+        if record is not None:
+            # First the record of who wrote it, then the entry: no entry is ever visible
+            # without it, so a purge of the writer's token cannot miss one.
+            record()
+        self.store.put(digests.ac_key(tenant, action), data)
         return result
 
     def delete(self, tenant: str, action: Digest) -> None:

@@ -37,6 +37,7 @@ def syncfs(path: Path) -> None:
 
 class BlobStore(Protocol):
     def stat(self, key: str) -> tuple[int, float] | None: ...
+    def stat_many(self, keys: list[str]) -> dict[str, tuple[int, float]]: ...
     def touch(self, keys: Iterable[str]) -> None: ...
     def get(self, key: str) -> bytes | None: ...
     def open(self, key: str) -> BinaryIO | None: ...
@@ -46,6 +47,7 @@ class BlobStore(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def delete(self, key: str) -> None: ...
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
+    def evict(self, keys: list[str], untouched_since: float) -> int: ...
 
 
 class FileBlobStore:
@@ -67,6 +69,15 @@ class FileBlobStore:
         except FileNotFoundError:
             return None
         return st.st_size, max(st.st_atime, st.st_mtime)
+
+    def stat_many(self, keys: list[str]) -> dict[str, tuple[int, float]]:
+        """(size, last touched) of each key present; absent keys are left out."""
+        found = {}
+        for key in keys:
+            st = self.stat(key)
+            if st is not None:
+                found[key] = st
+        return found
 
     def touch(self, keys: Iterable[str]) -> None:
         # The filesystem is mounted relatime, so reads do not move atime reliably: the
@@ -143,6 +154,20 @@ class FileBlobStore:
                 except FileNotFoundError:
                     continue
                 yield os.path.relpath(full, self.root), st.st_size, max(st.st_atime, st.st_mtime)
+
+    def evict(self, keys: list[str], untouched_since: float) -> int:
+        """Delete those of `keys` not touched since `untouched_since`; returns the bytes freed.
+
+        The touch time is read again here, just before the unlink, so a blob used since the
+        eviction job listed it stays.
+        """
+        freed = 0
+        for key in keys:
+            st = self.stat(key)
+            if st is not None and st[1] < untouched_since:
+                self.delete(key)
+                freed += st[0]
+        return freed
 
 
 def put_verified_chunks(store: BlobStore, key: str, chunks: Iterable[bytes]) -> None:

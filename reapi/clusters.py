@@ -19,6 +19,7 @@ from reapi.action_cache import ActionCache
 from reapi.blobstore import BlobStore, FileBlobStore
 from reapi.cas import Cas
 from reapi.filestorage import BlobFileSystemStorage
+from reapi.quotas import Gate
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def backend(alias: str) -> Backend:
     with _lock:
         if alias not in _backends:
             store = make_store(alias)
-            cas = Cas(store, max_batch_bytes())
+            cas = Cas(store, max_batch_bytes(), quota=Gate(alias.removeprefix("reapi-")))
             _backends[alias] = Backend(alias, store, cas, ActionCache(store, cas))
         return _backends[alias]
 

@@ -1,0 +1,101 @@
+"""What the REAPI core keeps in the database: the S3 presence index, quotas, provenance.
+
+Blobs themselves live in the cluster storages; these tables hold what storage cannot answer
+cheaply (which of 10,000 digests exist, in one query), what an admin decided (quotas), and
+who wrote each action-cache entry (so a bad token's writes can be purged).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal.models import Tenant
+
+
+class Blob(models.Model):
+    """One object known to be in an S3 store (reapi.s3store): the index FindMissingBlobs reads.
+
+    `store` names the bucket and prefix, so two aliases on one bucket share one index.
+    `touched_at` (epoch seconds) is the last use the eviction job sees: S3 has no atime.
+    """
+
+    store = models.CharField(max_length=200)
+    key = models.CharField(max_length=255)
+    tenant = models.CharField(max_length=63)
+    size = models.BigIntegerField()
+    touched_at = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["store", "key"], name="reapi_blob_one_row_per_key")]
+        indexes = [models.Index(fields=["store", "tenant", "touched_at"], name="reapi_blob_lru")]
+
+    def __str__(self) -> str:
+        return f"{self.store}:{self.key}"
+
+
+class TenantQuota(models.Model):
+    """A tenant's byte quota on one cluster's storage, and the eviction job's last measurement.
+
+    The job evicts least recently used blobs down to `max_bytes`, never one touched within
+    reapi.presence.EVICTION_GRACE_SECONDS. Writes are refused (RESOURCE_EXHAUSTED) while the
+    bytes nothing could evict exceed `hard_limit_bytes` (default: `max_bytes`).
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quotas")
+    cluster = models.CharField(max_length=20, choices=[(c, c) for c in settings.CLUSTERS])
+    max_bytes = models.BigIntegerField()
+    hard_limit_bytes = models.BigIntegerField(null=True, blank=True)
+    used_bytes = models.BigIntegerField(default=0)
+    evictable_bytes = models.BigIntegerField(default=0)
+    evicted_bytes = models.BigIntegerField(default=0)
+    measured_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "cluster"], name="reapi_one_quota_per_storage")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} on {self.cluster}: {self.max_bytes} bytes"
+
+    @property
+    def storage_alias(self) -> str:
+        return f"reapi-{self.cluster}"
+
+    @property
+    def hard_limit(self) -> int:
+        return self.max_bytes if self.hard_limit_bytes is None else self.hard_limit_bytes
+
+
+class ActionProvenance(models.Model):
+    """Who wrote an action-cache entry: the last writer of each (storage, tenant, action).
+
+    Recorded before the entry becomes visible (reapi.provenance), so no entry exists without
+    its record. `token_id` is a plain column rather than a foreign key: a purge must still find
+    what a token wrote after the token row is gone.
+    """
+
+    storage = models.CharField(max_length=40)
+    tenant = models.CharField(max_length=63)
+    action_hash = models.CharField(max_length=64)
+    action_size = models.BigIntegerField()
+    token_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    token_prefix = models.CharField(max_length=16, blank=True)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    username = models.CharField(max_length=150, blank=True)
+    cluster = models.CharField(max_length=20)
+    written_at = models.DateTimeField(default=timezone.now)
+    tool_name = models.CharField(max_length=100, blank=True)
+    tool_version = models.CharField(max_length=100, blank=True)
+    tool_invocation_id = models.CharField(max_length=100, blank=True)
+    correlated_invocations_id = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["storage", "tenant", "action_hash"], name="reapi_one_writer_per_action"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/ac/{self.action_hash[:12]} by {self.token_prefix or '?'}"

@@ -1,0 +1,213 @@
+"""Who wrote each action-cache entry, and purging everything one token wrote.
+
+Recording (write-ahead, group commit). UpdateActionResult records its writer *before* the entry
+is stored (reapi.action_cache.ActionCache.put), so no entry is ever visible without a record:
+a server that dies between the two leaves a record of an entry that does not exist, which a
+purge skips harmlessly, never an entry no purge can find. Records are not written one
+transaction per call: calls hand them to one writer thread per process, which commits whatever
+is waiting in a single transaction and wakes the callers. Under load a transaction carries many
+records; alone, a call waits for one small transaction.
+
+Purging. The transaction that commits records first locks the writers' token rows and
+drops records of revoked tokens (their calls fail UNAUTHENTICATED and store nothing). A purge
+starts after the revocation has committed, so every record it must find was committed before
+it began: the revocation waits for the token row lock. What is left is a call whose record
+committed just before the revocation and whose entry is stored just after the purge deleted
+it; the purge therefore deletes again after PURGE_SETTLE_SECONDS, longer than one storage put.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from portal import audit
+from portal.models import AccessToken
+from reapi.digests import Digest
+from reapi.errors import Unauthenticated
+from reapi.models import ActionProvenance
+
+log = logging.getLogger(__name__)
+
+PURGE_SETTLE_SECONDS = 2.0
+BATCH_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The credential and client behind one write (from the principal and RequestMetadata)."""
+
+    token_id: int | None
+    token_prefix: str
+    user_id: int | None
+    username: str
+    cluster: str
+    tool_name: str = ""
+    tool_version: str = ""
+    tool_invocation_id: str = ""
+    correlated_invocations_id: str = ""
+
+
+@dataclass
+class _Pending:
+    row: ActionProvenance
+    token_id: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def record(self, storage: str, tenant: str, action: Digest, writer: Writer) -> None:
+        """Commit the record of one write; returns once it is durable."""
+        pending = _Pending(
+            ActionProvenance(
+                storage=storage,
+                tenant=tenant,
+                action_hash=action.hash,
+                action_size=action.size,
+                token_id=writer.token_id,
+                token_prefix=writer.token_prefix,
+                user_id=writer.user_id,
+                username=writer.username[:150],
+                cluster=writer.cluster,
+                written_at=timezone.now(),
+                tool_name=writer.tool_name[:100],
+                tool_version=writer.tool_version[:100],
+                tool_invocation_id=writer.tool_invocation_id[:100],
+                correlated_invocations_id=writer.correlated_invocations_id[:100],
+            ),
+            writer.token_id,
+        )
+        self._start()
+        self._queue.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True, name="provenance")
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH_LIMIT:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                _commit(batch)
+            except Exception as exc:
+                log.exception("recording provenance of %d action-cache writes failed", len(batch))
+                connection.close()  # the next batch starts on a fresh connection
+                for pending in batch:
+                    pending.error = exc
+            for pending in batch:
+                pending.done.set()
+
+
+def _commit(batch: list[_Pending]) -> None:
+    close_old_connections()
+    token_ids = {p.token_id for p in batch if p.token_id is not None}
+    with transaction.atomic():
+        # Locks the token rows until commit, so a revocation is ordered before or after
+        # this whole batch (see the module docstring).
+        live = set(
+            AccessToken.objects.select_for_update()
+            .filter(id__in=token_ids, revoked_at__isnull=True)
+            .values_list("id", flat=True)
+        )
+        rows = {}
+        for pending in batch:
+            if pending.token_id is not None and pending.token_id not in live:
+                pending.error = Unauthenticated(
+                    f"personal access token {pending.row.token_prefix}… has been revoked"
+                )
+                continue
+            # One row per entry: within a batch the last write wins, as in storage.
+            rows[(pending.row.storage, pending.row.tenant, pending.row.action_hash)] = pending.row
+        ActionProvenance.objects.bulk_create(
+            list(rows.values()),
+            update_conflicts=True,
+            unique_fields=["storage", "tenant", "action_hash"],
+            update_fields=[
+                "action_size",
+                "token_id",
+                "token_prefix",
+                "user_id",
+                "username",
+                "cluster",
+                "written_at",
+                "tool_name",
+                "tool_version",
+                "tool_invocation_id",
+                "correlated_invocations_id",
+            ],
+        )
+
+
+_recorder = Recorder()
+
+
+def record(storage: str, tenant: str, action: Digest, writer: Writer) -> None:
+    _recorder.record(storage, tenant, action, writer)
+
+
+class PurgeError(ValueError):
+    pass
+
+
+def purge_token(token_id: int, settle_seconds: float = PURGE_SETTLE_SECONDS) -> int:
+    """Delete every action-cache entry whose last writer was this token; returns how many.
+
+    The token must be revoked first (or deleted), so it can write nothing more. Entries
+    another token rewrote since are that token's now and stay.
+    """
+    from reapi import clusters
+
+    token = AccessToken.objects.select_related("tenant").filter(pk=token_id).first()
+    if token is not None and token.revoked_at is None:
+        raise PurgeError(f"token {token.prefix}… is still valid: revoke it before purging what it wrote")
+    started = timezone.now()
+
+    def delete_entries(since: timedelta | None) -> list[int]:
+        rows = ActionProvenance.objects.filter(token_id=token_id)
+        if since is not None:
+            rows = rows.filter(written_at__gte=started - since)
+        ids = []
+        for row in rows.iterator():
+            clusters.backend(row.storage).action_cache.delete(
+                row.tenant, Digest(row.action_hash, row.action_size)
+            )
+            ids.append(row.id)
+        return ids
+
+    ids = delete_entries(None)
+    if settle_seconds > 0:
+        time.sleep(settle_seconds)
+        # Only writes recorded just before the revocation can have been stored after the
+        # first pass; a minute's margin covers clocks between servers.
+        delete_entries(timedelta(minutes=1))
+    # Rows rewritten by another token since the first pass are not this token's any more.
+    ActionProvenance.objects.filter(id__in=ids, token_id=token_id).delete()
+    if token is not None:
+        audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids))
+    return len(ids)
+
+
+def written_by(token_id: int) -> list[ActionProvenance]:
+    return list(ActionProvenance.objects.filter(token_id=token_id).order_by("written_at"))
