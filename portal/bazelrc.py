@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 DOWNLOADS = ("all", "toplevel", "minimal")
+MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
+PLACEHOLDER = "aw_pat_REPLACE_WITH_YOUR_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,19 @@ def render(opts: Options) -> str:
         raise ValueError(f"unknown cluster {opts.cluster!r}")
     if opts.download not in DOWNLOADS:
         raise ValueError(f"download must be one of {', '.join(DOWNLOADS)}")
+    if not MIN_TIMEOUT <= opts.timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be between {MIN_TIMEOUT} and {MAX_TIMEOUT} seconds")
+    if any(c in opts.token for c in "\n\r ") or any(c in opts.tls_certificate for c in "\n\r"):
+        raise ValueError("token and certificate path must be single words")
     url = settings.REAPI_URLS[opts.cluster]
-    lines = [f"# Remote {'execution' if opts.execution else 'cache'}: tenant {opts.tenant}, {opts.cluster} cluster"]
+    lines = [
+        f"# Remote {'execution' if opts.execution else 'cache'}: tenant {opts.tenant}, {opts.cluster} cluster"
+    ]
     if opts.execution:
         lines.append(f"build --remote_executor={url}")
     else:
         lines.append(f"build --remote_cache={url}")
-    lines.append(f"build --remote_header=X-Aspect={opts.token or 'aw_pat_REPLACE_WITH_YOUR_TOKEN'}")
+    lines.append(f"build --remote_header=X-Aspect={opts.token or PLACEHOLDER}")
     if opts.instance_name:
         lines.append(f"build --remote_instance_name={opts.tenant}")
     lines.append(f"build --remote_timeout={opts.timeout}")

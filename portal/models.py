@@ -98,3 +98,107 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.action}"
+
+
+class OidcIdentity(models.Model):
+    """A portal user as the OpenID provider knows them.
+
+    Users are bound on (iss, sub), never on email: OIDC Core 5.7 says only that pair is a stable,
+    unique identifier; an email can be reassigned or changed at the provider.
+    """
+
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oidc_identities"
+    )
+    email = models.EmailField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="one_user_per_oidc_subject")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"
+
+
+class Invitation(models.Model):
+    """An admin's invitation to a tenant, accepted at the next login whose verified email matches."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "email"],
+                condition=models.Q(accepted_at__isnull=True),
+                name="one_pending_invitation_per_email",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} ({self.role})"
+
+
+class CiIdentity(models.Model):
+    """Trust for CI runners' OIDC tokens on the gRPC endpoint: a JWT from `issuer` whose `claim`
+    equals (or, for a list claim, contains) `value` acts as `user` in `tenant` with `scopes`."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ci_identities")
+    name = models.CharField(max_length=200)
+    issuer = models.CharField(max_length=255)
+    claim = models.CharField(max_length=100, default="sub")
+    value = models.CharField(max_length=255)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    scopes = models.CharField(max_length=200)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "issuer", "claim", "value"], name="one_ci_rule_per_claim"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.claim}={self.value} -> {self.tenant}"
+
+    @property
+    def scope_list(self) -> list[str]:
+        return [s for s in self.scopes.split(",") if s]
+
+
+class UsageDay(models.Model):
+    """Per tenant, cluster and UTC day: what the gRPC servers counted in memory and flushed."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_days")
+    cluster = models.CharField(max_length=20)
+    day = models.DateField()
+    hits = models.BigIntegerField(default=0)
+    misses = models.BigIntegerField(default=0)
+    bytes_stored = models.BigIntegerField(default=0)
+    bytes_served = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "cluster", "day"], name="one_usage_row_per_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.cluster} {self.day}"

@@ -27,8 +27,8 @@ class Command(BaseCommand):
             tenant = tenancy.get_tenant(options["tenant"])
         except tenancy.TenancyError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(
-            bazelrc.render(
+        try:
+            snippet = bazelrc.render(
                 bazelrc.Options(
                     tenant=tenant.slug,
                     cluster=options["cluster"],
@@ -40,6 +40,7 @@ class Command(BaseCommand):
                     timeout=options["timeout"],
                     tls_certificate=options["tls_certificate"],
                 )
-            ),
-            ending="",
-        )
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(snippet, ending="")

@@ -1,0 +1,234 @@
+"""REST API v1 (README "REST API"): tenants, tokens and members, over the same services as the
+pages. Members see only their own tenants; developers only their own tokens (others' are 404);
+admin-only actions are 403 for developers. A PAT opens only its own tenant."""
+
+from typing import Any
+
+from django.conf import settings
+from django.http import Http404
+from django.utils.cache import patch_cache_control
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from portal import bazelrc, invitations, tenancy, tokens
+from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
+from portal.models import SCOPES, AccessToken, CacheMode, Membership, Role
+
+
+def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess:
+    if isinstance(request.auth, AccessToken) and request.auth.tenant.slug != slug:
+        raise Http404("no such tenant")
+    acc = access(request.user, slug)
+    if admin and not acc.is_admin:
+        raise PermissionDenied("only the tenant's admins may do this")
+    return acc
+
+
+# --- Serializers --------------------------------------------------------------------------------
+
+
+class TenantSerializer(serializers.Serializer):
+    slug = serializers.SlugField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    cache_mode = serializers.ChoiceField(choices=CacheMode.choices)
+    role = serializers.ChoiceField(choices=Role.choices, read_only=True, help_text="the caller's role")
+
+
+class TokenSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    prefix = serializers.CharField(read_only=True, help_text="the first characters, for recognition")
+    owner = serializers.CharField(source="user.username", read_only=True)
+    scopes = serializers.ListField(source="scope_list", child=serializers.CharField(), read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    expires_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    first_used_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    last_used_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    revoked_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    status = serializers.SerializerMethodField()
+
+    def get_status(self, token: AccessToken) -> str:
+        return token.status()
+
+
+class TokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=SCOPES), min_length=1)
+    expires_in_days = serializers.IntegerField(
+        required=False, min_value=0, help_text="default 90; 0 (never) only where the tenant allows it"
+    )
+    cluster = serializers.ChoiceField(choices=settings.CLUSTERS, default="external")
+
+
+class TokenCreatedSerializer(TokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="the PAT itself: shown once, copy it now")
+    bazelrc = serializers.CharField(read_only=True)
+
+
+class MemberSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.EmailField(source="user.email", read_only=True)
+    role = serializers.ChoiceField(choices=Role.choices)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class InviteSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.DEVELOPER)
+
+
+class InvitationSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    email = serializers.EmailField(read_only=True)
+    role = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+def _tenant_data(acc: TenantAccess) -> dict[str, Any]:
+    t = acc.tenant
+    return {"slug": t.slug, "name": t.name, "cache_mode": t.cache_mode, "role": acc.role}
+
+
+# --- Views --------------------------------------------------------------------------------------
+
+
+class TenantList(APIView):
+    @extend_schema(responses=TenantSerializer(many=True), summary="Tenants the caller belongs to")
+    def get(self, request: Request) -> Response:
+        tenants = tenants_of(request.user)
+        if isinstance(request.auth, AccessToken):
+            tenants = tenants.filter(pk=request.auth.tenant_id)
+        return Response([_tenant_data(access(request.user, t.slug)) for t in tenants])
+
+
+class TenantDetail(APIView):
+    @extend_schema(responses=TenantSerializer, summary="A tenant")
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(_tenant_data(api_access(request, slug)))
+
+    @extend_schema(
+        request=TenantSerializer, responses=TenantSerializer, summary="Set the cache mode (admins)"
+    )
+    def patch(self, request: Request, slug: str) -> Response:
+        acc = api_access(request, slug, admin=True)
+        body = TenantSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        tenancy.set_cache_mode(acc.tenant, body.validated_data["cache_mode"], actor=acc.user)
+        return Response(_tenant_data(acc))
+
+
+class TokenList(APIView):
+    @extend_schema(responses=TokenSerializer(many=True), summary="Tokens (developers: their own)")
+    def get(self, request: Request, slug: str) -> Response:
+        acc = api_access(request, slug)
+        return Response(TokenSerializer(visible_tokens(acc), many=True).data)
+
+    @extend_schema(
+        request=TokenCreateSerializer,
+        responses={201: TokenCreatedSerializer},
+        summary="Create a token for the caller; the PAT is in this response only",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        acc = api_access(request, slug)
+        body = TokenCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        try:
+            issued = tokens.issue(
+                acc.tenant,
+                acc.user.get_username(),
+                name=data["name"],
+                scopes=data["scopes"],
+                expires_in_days=data.get("expires_in_days"),
+                actor=acc.user,
+            )
+        except tokens.TokenError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        read_only = not {"cas:write", "ac:write"} & set(issued.token.scope_list)
+        reply = dict(TokenSerializer(issued.token).data)
+        reply["token"] = issued.secret
+        reply["bazelrc"] = bazelrc.render(
+            bazelrc.Options(
+                tenant=acc.tenant.slug, cluster=data["cluster"], token=issued.secret, read_only=read_only
+            )
+        )
+        response = Response(reply, status=status.HTTP_201_CREATED)
+        patch_cache_control(response, no_store=True)
+        return response
+
+
+class TokenDetail(APIView):
+    @extend_schema(responses=TokenSerializer, summary="A token (developers: their own)")
+    def get(self, request: Request, slug: str, token_id: int) -> Response:
+        return Response(TokenSerializer(token_or_404(api_access(request, slug), token_id)).data)
+
+
+class TokenRevoke(APIView):
+    @extend_schema(request=None, responses=TokenSerializer, summary="Revoke a token")
+    def post(self, request: Request, slug: str, token_id: int) -> Response:
+        acc = api_access(request, slug)
+        token = token_or_404(acc, token_id)
+        return Response(TokenSerializer(tokens.revoke(token, actor=acc.user)).data)
+
+
+class MemberList(APIView):
+    @extend_schema(responses=MemberSerializer(many=True), summary="Members of the tenant")
+    def get(self, request: Request, slug: str) -> Response:
+        acc = api_access(request, slug)
+        rows = Membership.objects.filter(tenant=acc.tenant).select_related("user").order_by("user__username")
+        return Response(MemberSerializer(rows, many=True).data)
+
+    @extend_schema(
+        request=InviteSerializer,
+        responses={201: InvitationSerializer},
+        summary="Invite an email address (admins); accepted at their next verified login",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        acc = api_access(request, slug, admin=True)
+        body = InviteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            invitation = invitations.invite(
+                acc.tenant, body.validated_data["email"], body.validated_data["role"], acc.user
+            )
+        except invitations.MembershipError as exc:
+            raise ValidationError({"email": [str(exc)]}) from None
+        return Response(InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetail(APIView):
+    def _membership(self, request: Request, slug: str, membership_id: int) -> tuple[TenantAccess, Membership]:
+        acc = api_access(request, slug, admin=True)
+        membership = (
+            Membership.objects.filter(tenant=acc.tenant, pk=membership_id).select_related("user").first()
+        )
+        if membership is None:
+            raise Http404("no such member")
+        return acc, membership
+
+    @extend_schema(request=MemberSerializer, responses=MemberSerializer, summary="Change a role (admins)")
+    def patch(self, request: Request, slug: str, membership_id: int) -> Response:
+        acc, membership = self._membership(request, slug, membership_id)
+        body = MemberSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            invitations.change_role(membership, body.validated_data["role"], acc.user)
+        except invitations.MembershipError as exc:
+            raise ValidationError({"role": [str(exc)]}) from None
+        return Response(MemberSerializer(membership).data)
+
+    @extend_schema(
+        request=None, responses={204: None}, summary="Remove a member and revoke their tokens (admins)"
+    )
+    def delete(self, request: Request, slug: str, membership_id: int) -> Response:
+        acc, membership = self._membership(request, slug, membership_id)
+        try:
+            invitations.remove(membership, acc.user)
+        except invitations.MembershipError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,84 @@
+"""Bar charts as inline SVG, drawn on the server: no script, no CDN, readable without colour
+(each series has a pattern-free legend and the numbers are in a table beside the chart)."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from html import escape
+
+from django.utils.safestring import SafeString, mark_safe
+
+WIDTH, HEIGHT = 720, 260
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 28, 36
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    values: Sequence[int]
+    css: str  # a class the stylesheet colours
+
+
+def nice_max(value: int) -> int:
+    """The smallest 1/2/5 x 10^n at or above value, so the grid lines fall on round numbers."""
+    if value <= 0:
+        return 1
+    step = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * step >= value:
+                return m * step
+        step *= 10
+
+
+def bar_chart(
+    title: str, days: Sequence[date], series: Sequence[Series], fmt: Callable[[int], str] = str
+) -> SafeString:
+    top = nice_max(max((v for s in series for v in s.values), default=0))
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    slot = plot_w / max(len(days), 1)
+    bar = max(slot * 0.8 / max(len(series), 1), 1)
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="t-{id(series)}" '
+        f'xmlns="http://www.w3.org/2000/svg"><title id="t-{id(series)}">{escape(title)}</title>'
+    ]
+    for i in range(5):
+        value = top * i // 4
+        y = TOP + plot_h - plot_h * i / 4
+        parts.append(
+            f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(value))}</text>'
+        )
+    for d_index, day in enumerate(days):
+        x0 = LEFT + slot * d_index + slot * 0.1
+        for s_index, s in enumerate(series):
+            value = s.values[d_index]
+            h = plot_h * value / top
+            x = x0 + bar * s_index
+            parts.append(
+                f'<rect class="{s.css}" x="{x:.1f}" y="{TOP + plot_h - h:.1f}" width="{bar:.1f}" '
+                f'height="{h:.1f}"><title>{day:%b %d} {escape(s.label)}: {escape(fmt(value))}</title></rect>'
+            )
+        if d_index % max(len(days) // 6, 1) == 0 or d_index == len(days) - 1:
+            parts.append(
+                f'<text class="axis" x="{x0 + slot * 0.4:.1f}" y="{HEIGHT - BOTTOM + 16}" '
+                f'text-anchor="middle">{day:%b %d}</text>'
+            )
+    x = LEFT
+    for s in series:
+        parts.append(
+            f'<rect class="{s.css}" x="{x}" y="6" width="12" height="12"/>'
+            f'<text class="legend" x="{x + 16}" y="16">{escape(s.label)}</text>'
+        )
+        x += 24 + 8 * len(s.label)
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # every interpolated text is escaped above
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

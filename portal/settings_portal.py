@@ -1,0 +1,98 @@
+"""Settings of the portal's login, REST API, OIDC on gRPC and usage counters (README: "Portal").
+
+Imported at the end of portal/settings.py. Like the rest of the settings, every knob is an
+environment variable read strictly: a half-configured provider stops start-up with the names of
+the missing variables instead of failing at the first login.
+"""
+
+from portal.env import SettingError, env, envint, envlist
+
+# --- Portal login: OpenID Connect through mozilla-django-oidc ---------------------------------
+# Unset OIDC_RP_CLIENT_ID: local password login for Django users (the embedded default).
+OIDC_RP_CLIENT_ID = env("OIDC_RP_CLIENT_ID")
+OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+OIDC_RP_CLIENT_SECRET = env("OIDC_RP_CLIENT_SECRET")
+OIDC_OP_ISSUER = env("OIDC_OP_ISSUER")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env("OIDC_OP_JWKS_ENDPOINT")
+OIDC_OP_NAME = env("OIDC_OP_NAME", "your organisation's sign-in")
+if OIDC_ENABLED:
+    _missing = [
+        name
+        for name in (
+            "OIDC_RP_CLIENT_SECRET",
+            "OIDC_OP_ISSUER",
+            "OIDC_OP_AUTHORIZATION_ENDPOINT",
+            "OIDC_OP_TOKEN_ENDPOINT",
+            "OIDC_OP_USER_ENDPOINT",
+            "OIDC_OP_JWKS_ENDPOINT",
+        )
+        if not globals()[name]
+    ]
+    if _missing:
+        raise SettingError(f"OIDC_RP_CLIENT_ID is set, so these are required too: {', '.join(_missing)}")
+# Fixed: the ID token must be RS256, verified with the provider's JWKS (never HS256 with the
+# client secret, never `none`).
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = env("OIDC_RP_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True  # RFC 7636, S256
+OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+OIDC_USE_NONCE = True
+OIDC_TIMEOUT = envint("OIDC_TIMEOUT", 10)
+OIDC_LEEWAY_SECONDS = envint("OIDC_LEEWAY_SECONDS", 30)
+OIDC_CREATE_USER = True
+OIDC_STORE_ID_TOKEN = False
+OIDC_STORE_ACCESS_TOKEN = False
+
+if OIDC_ENABLED:
+    AUTHENTICATION_BACKENDS = ["portal.oidc.Backend"]
+else:
+    AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
+
+# --- REST API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # The PAT class first: its WWW-Authenticate makes an anonymous call a 401, not a 403.
+        "portal.api_auth.PatAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Remote cache portal API",
+    "DESCRIPTION": "Tenants, members and personal access tokens of the REAPI remote cache.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+}
+
+# --- OIDC on the gRPC endpoint (CI runners; reapi/jwt_auth.py) ----------------------------------
+OIDC_GRPC_ISSUER = env("OIDC_GRPC_ISSUER")
+OIDC_GRPC_AUDIENCE = env("OIDC_GRPC_AUDIENCE")
+OIDC_GRPC_JWKS_URL = env("OIDC_GRPC_JWKS_URL")
+OIDC_GRPC_ALGORITHMS = envlist("OIDC_GRPC_ALGORITHMS", "RS256,ES256")
+OIDC_GRPC_LEEWAY_SECONDS = envint("OIDC_GRPC_LEEWAY_SECONDS", 30)
+OIDC_GRPC_JWKS_REFETCH_SECONDS = envint("OIDC_GRPC_JWKS_REFETCH_SECONDS", 60)
+OIDC_GRPC_JWKS_MAX_AGE_SECONDS = envint("OIDC_GRPC_JWKS_MAX_AGE_SECONDS", 3600)
+OIDC_GRPC_TIMEOUT = envint("OIDC_GRPC_TIMEOUT", 5)
+if OIDC_GRPC_ISSUER and not OIDC_GRPC_AUDIENCE:
+    raise SettingError("OIDC_GRPC_ISSUER is set, so OIDC_GRPC_AUDIENCE is required too")
+# Public-key algorithms only: a symmetric one would let anyone holding the (public) JWKS sign.
+_ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+_bad_algs = [a for a in OIDC_GRPC_ALGORITHMS if a not in _ASYMMETRIC]
+if _bad_algs:
+    raise SettingError(
+        f"OIDC_GRPC_ALGORITHMS may name only public-key algorithms ({', '.join(sorted(_ASYMMETRIC))}), "
+        f"not {', '.join(_bad_algs)}"
+    )
+
+# --- Usage counters (reapi/usage.py) ------------------------------------------------------------
+# How often a gRPC server process adds what it counted in memory to the database.
+REAPI_USAGE_FLUSH_SECONDS = envint("REAPI_USAGE_FLUSH_SECONDS", 10)

@@ -1,0 +1,397 @@
+"""The portal's pages. Each view: who may (portal/access.py), what changes (the services in
+portal/tenancy.py, tokens.py, invitations.py, ci_identities.py), and which template shows it."""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portal import audit, bazelrc, ci_identities, forms, invitations, tenancy, tokens, usage
+from portal.access import TenantAccess, access, signed_in, tenants_of, token_or_404, visible_tokens
+from portal.models import AuditEvent, CiIdentity, Invitation, Membership
+
+TenantView = Callable[..., HttpResponseBase]
+
+
+def tenant_view(admin: bool = False) -> Callable[[TenantView], TenantView]:
+    """Log-in required, tenant from the URL resolved against the caller (404 for outsiders),
+    and for admin views 403 for developers."""
+
+    def decorate(view: TenantView) -> TenantView:
+        @login_required
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, slug: str, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            acc = access(request.user, slug)
+            if admin and not acc.is_admin:
+                raise PermissionDenied("only the tenant's admins may do this")
+            return view(request, acc, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def page(request: HttpRequest, acc: TenantAccess | None, template: str, **context: Any) -> HttpResponse:
+    status = context.pop("status", 200)
+    if acc is not None:
+        context.update(acc=acc, tenant=acc.tenant)
+    return render(request, f"portal/{template}.html", context, status=status)
+
+
+# --- Log-in -------------------------------------------------------------------------------------
+
+
+class LoginView(auth_views.LoginView):
+    """Local password login where no OpenID provider is configured; otherwise the provider's button."""
+
+    template_name = "portal/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context.update(oidc=settings.OIDC_ENABLED, provider=settings.OIDC_OP_NAME)
+        return context
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if settings.OIDC_ENABLED:
+            return page(request, None, "login_failed", message="Sign in with the provider.", status=405)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        user = form.get_user()
+        invitations.accept_pending(user, user.email)
+        audit.record("login", actor=user, method="password")
+        return response
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    from django.contrib.auth import logout
+
+    logout(request)
+    return redirect("login")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    message = (
+        "This form has expired or did not come from this site (CSRF check failed). "
+        "Go back, reload the page and try again."
+    )
+    return page(request, None, "login_failed", message=message, title="Request refused", status=403)
+
+
+# --- Tenants ------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def dashboard(request: HttpRequest) -> HttpResponse:
+    tenants = list(tenants_of(request.user))
+    form = forms.TenantCreateForm(request.POST or None)
+    if request.method == "POST":
+        if not request.user.is_superuser:
+            raise PermissionDenied("only superusers create tenants")
+        if form.is_valid():
+            try:
+                tenant = tenancy.create_tenant(form.cleaned_data["slug"], actor=signed_in(request))
+            except tenancy.TenancyError as exc:
+                form.add_error("slug", str(exc))
+            else:
+                tenancy.add_member(tenant, request.user.get_username(), "admin", actor=signed_in(request))
+                messages.success(request, f"Tenant {tenant.slug} created.")
+                return redirect("tenant", slug=tenant.slug)
+    elif len(tenants) == 1 and not request.user.is_superuser:
+        return redirect("tenant", slug=tenants[0].slug)
+    return page(request, None, "dashboard", tenants=tenants, form=form)
+
+
+@tenant_view()
+@require_GET
+def tenant_home(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    mine = visible_tokens(acc).filter(user=acc.user)
+    active = [t for t in mine if t.status() == "active"]
+    snippet = bazelrc.render(bazelrc.Options(tenant=acc.tenant.slug))
+    return page(
+        request,
+        acc,
+        "tenant",
+        active_tokens=len(active),
+        members=Membership.objects.filter(tenant=acc.tenant).count(),
+        totals=usage.totals(acc.tenant, days=7),
+        snippet=snippet,
+        urls=settings.REAPI_URLS,
+    )
+
+
+@tenant_view(admin=True)
+@require_http_methods(["GET", "POST"])
+def cache_mode(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    form = forms.CacheModeForm(request.POST or None, initial={"cache_mode": acc.tenant.cache_mode})
+    if request.method == "POST" and form.is_valid():
+        tenancy.set_cache_mode(acc.tenant, form.cleaned_data["cache_mode"], actor=acc.user)
+        messages.success(
+            request,
+            f"Cache mode is now {acc.tenant.cache_mode}; running REAPI servers follow within seconds.",
+        )
+        return redirect("cache_mode", slug=acc.tenant.slug)
+    return page(request, acc, "cache_mode", form=form)
+
+
+# --- Tokens -------------------------------------------------------------------------------------
+
+
+@tenant_view()
+@require_http_methods(["GET", "POST"])
+@never_cache
+def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    form = forms.TokenForm(request.POST or None, tenant=acc.tenant)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            issued = tokens.issue(
+                acc.tenant,
+                acc.user.get_username(),
+                name=data["name"],
+                scopes=data["scopes"],
+                expires_in_days=data["expires_in_days"],
+                actor=acc.user,
+            )
+        except tokens.TokenError as exc:
+            form.add_error(None, str(exc))
+        else:
+            # The PAT exists only in this response: never_cache sends Cache-Control: no-store,
+            # and it goes into no cookie, session or flash message.
+            read_only = not {"cas:write", "ac:write"} & set(issued.token.scope_list)
+            snippet = bazelrc.render(
+                bazelrc.Options(
+                    tenant=acc.tenant.slug,
+                    cluster=data["cluster"],
+                    token=issued.secret,
+                    read_only=read_only,
+                )
+            )
+            return page(request, acc, "token_created", issued=issued, snippet=snippet)
+    return page(
+        request,
+        acc,
+        "tokens",
+        form=form,
+        tokens=visible_tokens(acc),
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@tenant_view()
+@require_POST
+def token_revoke(request: HttpRequest, acc: TenantAccess, token_id: int) -> HttpResponse:
+    token = token_or_404(acc, token_id)
+    tokens.revoke(token, actor=acc.user)
+    messages.success(request, f"Token {token.prefix}… ({token.name or 'unnamed'}) revoked.")
+    return redirect("tokens", slug=acc.tenant.slug)
+
+
+# --- Members ------------------------------------------------------------------------------------
+
+
+@tenant_view()
+@require_GET
+def members(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    return _members_page(request, acc, forms.InviteForm())
+
+
+def _members_page(
+    request: HttpRequest, acc: TenantAccess, invite_form: forms.InviteForm, status: int = 200
+) -> HttpResponse:
+    rows = Membership.objects.filter(tenant=acc.tenant).select_related("user").order_by("user__username")
+    pending = Invitation.objects.filter(tenant=acc.tenant, accepted_at__isnull=True).order_by("email")
+    return page(
+        request,
+        acc,
+        "members",
+        memberships=rows,
+        pending=pending,
+        invite_form=invite_form,
+        roles=forms.RoleForm.base_fields["role"].choices,  # type: ignore[attr-defined]
+        oidc=settings.OIDC_ENABLED,
+        status=status,
+    )
+
+
+@tenant_view(admin=True)
+@require_POST
+def member_invite(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    form = forms.InviteForm(request.POST)
+    if form.is_valid():
+        try:
+            invitations.invite(acc.tenant, form.cleaned_data["email"], form.cleaned_data["role"], acc.user)
+        except invitations.MembershipError as exc:
+            form.add_error("email", str(exc))
+        else:
+            messages.success(request, f"Invited {form.cleaned_data['email']}.")
+            return redirect("members", slug=acc.tenant.slug)
+    return _members_page(request, acc, form, status=400)
+
+
+@tenant_view(admin=True)
+@require_POST
+def member_role(request: HttpRequest, acc: TenantAccess, membership_id: int) -> HttpResponse:
+    membership = get_object_or_404(Membership, tenant=acc.tenant, pk=membership_id)
+    form = forms.RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose admin or developer.")
+    else:
+        try:
+            invitations.change_role(membership, form.cleaned_data["role"], acc.user)
+            messages.success(request, f"{membership.user.get_username()} is now {membership.role}.")
+        except invitations.MembershipError as exc:
+            messages.error(request, str(exc))
+    return redirect("members", slug=acc.tenant.slug)
+
+
+@tenant_view(admin=True)
+@require_POST
+def member_remove(request: HttpRequest, acc: TenantAccess, membership_id: int) -> HttpResponse:
+    membership = get_object_or_404(Membership, tenant=acc.tenant, pk=membership_id)
+    name = membership.user.get_username()
+    try:
+        invitations.remove(membership, acc.user)
+        messages.success(request, f"{name} removed; their tokens in {acc.tenant.slug} are revoked.")
+    except invitations.MembershipError as exc:
+        messages.error(request, str(exc))
+    return redirect("members", slug=acc.tenant.slug)
+
+
+@tenant_view(admin=True)
+@require_POST
+def invitation_cancel(request: HttpRequest, acc: TenantAccess, invitation_id: int) -> HttpResponse:
+    invitation = get_object_or_404(Invitation, tenant=acc.tenant, pk=invitation_id, accepted_at__isnull=True)
+    invitations.cancel(invitation, acc.user)
+    messages.success(request, f"Invitation for {invitation.email} cancelled.")
+    return redirect("members", slug=acc.tenant.slug)
+
+
+# --- CI runners (OIDC on gRPC) ---------------------------------------------------------------
+
+
+def _member_choices(acc: TenantAccess) -> list[tuple[int, str]]:
+    rows = Membership.objects.filter(tenant=acc.tenant).select_related("user").order_by("user__username")
+    return [(m.user_id, m.user.get_username()) for m in rows]
+
+
+@tenant_view(admin=True)
+@require_http_methods(["GET", "POST"])
+def ci(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    form = forms.CiIdentityForm(request.POST or None, members=_member_choices(acc))
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            ci_identities.add(
+                acc.tenant,
+                name=data["name"],
+                claim=data["claim"],
+                value=data["value"],
+                user_id=int(data["member"]),
+                scopes=data["scopes"],
+                actor=acc.user,
+            )
+        except ci_identities.CiIdentityError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"CI runners with {data['claim']}={data['value']} are trusted.")
+            return redirect("ci", slug=acc.tenant.slug)
+    return page(
+        request,
+        acc,
+        "ci",
+        form=form,
+        rules=CiIdentity.objects.filter(tenant=acc.tenant).select_related("user").order_by("name"),
+        issuer=settings.OIDC_GRPC_ISSUER,
+        audience=settings.OIDC_GRPC_AUDIENCE,
+        urls=settings.REAPI_URLS,
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@tenant_view(admin=True)
+@require_POST
+def ci_remove(request: HttpRequest, acc: TenantAccess, rule_id: int) -> HttpResponse:
+    rule = get_object_or_404(CiIdentity, tenant=acc.tenant, pk=rule_id)
+    ci_identities.remove(rule, acc.user)
+    messages.success(request, f"CI trust {rule.name!r} removed.")
+    return redirect("ci", slug=acc.tenant.slug)
+
+
+# --- Audit, usage, .bazelrc ------------------------------------------------------------------
+
+
+@tenant_view(admin=True)
+@require_GET
+def audit_log(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    # Logins carry no tenant: a tenant's log shows those of its members.
+    events = (
+        AuditEvent.objects.filter(
+            Q(tenant=acc.tenant)
+            | Q(tenant__isnull=True, action="login", actor__memberships__tenant=acc.tenant)
+        )
+        .select_related("actor")
+        .order_by("-created_at", "-id")
+    )
+    paginator = Paginator(events, 50)
+    page_obj = paginator.get_page(request.GET.get("page"))
+    return page(request, acc, "audit", page_obj=page_obj)
+
+
+@tenant_view()
+@require_GET
+def usage_page(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    days = usage.daily(acc.tenant, days=30)
+    return page(
+        request,
+        acc,
+        "usage",
+        days=days,
+        hit_chart=usage.hits_chart(days),
+        bytes_chart=usage.bytes_chart(days),
+        totals=usage.totals(acc.tenant, days=30),
+    )
+
+
+@tenant_view()
+@require_GET
+def bazelrc_builder(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
+    form = forms.BazelrcForm(request.GET or None)
+    options = bazelrc.Options(tenant=acc.tenant.slug)
+    if form.is_bound and form.is_valid():
+        options = bazelrc.Options(tenant=acc.tenant.slug, **form.cleaned_data)
+    return page(
+        request,
+        acc,
+        "bazelrc",
+        form=form if form.is_bound else forms.BazelrcForm(),
+        snippet=bazelrc.render(options),
+        status=400 if form.is_bound and not form.is_valid() else 200,
+    )
+
+
+def admin_login(request: HttpRequest) -> HttpResponseBase:
+    from django.contrib import admin
+    from django.urls import reverse
+    from django.utils.http import urlencode
+
+    if settings.OIDC_ENABLED:
+        return redirect(
+            f"{reverse('oidc_authentication_init')}?{urlencode({'next': request.GET.get('next', '/admin/')})}"
+        )
+    return admin.site.login(request)
