@@ -132,6 +132,17 @@ REAPI_MAX_MESSAGE_BYTES = envint("REAPI_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)
 REAPI_CREDENTIAL_TTL_SECONDS = envint("REAPI_CREDENTIAL_TTL_SECONDS", 2)
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
+# Eviction (reapi/eviction.py): a periodic Celery job on the `maintenance` queue, scheduled by
+# beat (`celery -A workers.celery_app worker -Q maintenance -B` runs both).
+REAPI_EVICTION_INTERVAL_SECONDS = envint("REAPI_EVICTION_INTERVAL_SECONDS", 600)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "evict": {
+        "task": "reapi.evict",
+        "schedule": float(REAPI_EVICTION_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance", "expires": float(REAPI_EVICTION_INTERVAL_SECONDS)},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # --- Tokens ----------------------------------------------------------------------------------
 TOKEN_DEFAULT_EXPIRY_DAYS = envint("TOKEN_DEFAULT_EXPIRY_DAYS", 90)
