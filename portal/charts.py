@@ -34,7 +34,8 @@ def nice_max(value: int) -> int:
 def bar_chart(
     title: str, days: Sequence[date], series: Sequence[Series], fmt: Callable[[int], str] = str
 ) -> SafeString:
-    top = nice_max(max((v for s in series for v in s.values), default=0))
+    # At least 4, so the four grid steps fall on whole numbers.
+    top = nice_max(max([4, *(v for s in series for v in s.values)]))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(days), 1)
     bar = max(slot * 0.8 / max(len(series), 1), 1)
