@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "portal",
     "reapi",
+    "workers",
 ]
 
 MIDDLEWARE = [
@@ -147,19 +148,42 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # --- Tokens ----------------------------------------------------------------------------------
 TOKEN_DEFAULT_EXPIRY_DAYS = envint("TOKEN_DEFAULT_EXPIRY_DAYS", 90)
 
+# --- Remote execution (workers/) ------------------------------------------------------------
+# Pools per cluster, `NAME` or `NAME:ARCH`; the first is where actions without platform go.
+REAPI_POOLS = {c: envlist(f"REAPI_POOLS_{c.upper()}", "x86-64") for c in CLUSTERS}
+# REAPI Action.timeout: longer than the maximum is refused; none gets the default.
+REAPI_MAX_ACTION_TIMEOUT = envint("REAPI_MAX_ACTION_TIMEOUT", 3600)
+REAPI_DEFAULT_ACTION_TIMEOUT = envint("REAPI_DEFAULT_ACTION_TIMEOUT", 900)
+# A running action's lease, renewed by its worker; once it lapses the action is redelivered,
+# at most REAPI_MAX_DELIVERIES times in all (a poison action cannot loop).
+REAPI_WORKER_LEASE_SECONDS = envint("REAPI_WORKER_LEASE_SECONDS", 30)
+REAPI_MAX_DELIVERIES = envint("REAPI_MAX_DELIVERIES", 3)
+REAPI_EXEC_DIR = Path(env("REAPI_EXEC_DIR", str(DATA_DIR / "exec")))
+
 # --- Celery ----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+# Redis/SQS redeliver an unacknowledged task after this: longer than the longest action.
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": REAPI_MAX_ACTION_TIMEOUT + 1800}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "data_folder_in": str(_broker_dir / "queue"),
+            "data_folder_out": str(_broker_dir / "queue"),
+            "processed_folder": str(_broker_dir / "processed"),
+            "control_folder": str(_broker_dir / "control"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        }
+    )
 CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True  # the work is safe to repeat (workers/execution.py)
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = REAPI_MAX_ACTION_TIMEOUT + 600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- Production ------------------------------------------------------------------------------
 if PRODUCTION:

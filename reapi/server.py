@@ -14,9 +14,12 @@ from reapi.ac_service import ActionCacheService
 from reapi.bytestream_service import ByteStreamService
 from reapi.capabilities_service import CapabilitiesService
 from reapi.cas_service import CasService
+from reapi.execution_service import ExecutionService
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.grpc_edge import AuthInterceptor
+from reapi.operations_service import OperationsService
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ SERVICES = (
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
     "build.bazel.remote.execution.v2.ActionCache",
     "google.bytestream.ByteStream",
+    "build.bazel.remote.execution.v2.Execution",
+    "google.longrunning.Operations",
 )
 
 
@@ -45,10 +50,12 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
         options=options,
         maximum_concurrent_rpcs=threads * 8,
     )
-    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(cluster, exec_enabled=False), server)
+    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(cluster, exec_enabled=True), server)
     re_grpc.add_ContentAddressableStorageServicer_to_server(CasService(cluster), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCacheService(cluster), server)
     bs_grpc.add_ByteStreamServicer_to_server(ByteStreamService(cluster), server)
+    re_grpc.add_ExecutionServicer_to_server(ExecutionService(cluster), server)
+    ops_grpc.add_OperationsServicer_to_server(OperationsService(cluster), server)
     health_servicer = health.HealthServicer()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

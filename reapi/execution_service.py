@@ -1,0 +1,68 @@
+"""gRPC edge of the Execution service: Execute and WaitExecution stream operation updates.
+
+Execute streams QUEUED, EXECUTING and COMPLETED (REAPI ExecutionStage) as the operation row
+changes; a client that reconnects with WaitExecution follows the same operation to its end.
+The core lives in workers/ (scheduler, operations, watch), free of gRPC.
+"""
+
+from collections.abc import Iterator
+
+import grpc
+
+from reapi import digests
+from reapi.cas_service import check_digest_function
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from reapi.gen.google.longrunning import operations_pb2
+from reapi.grpc_edge import principal, streaming
+from workers import operations, pools, scheduler, watch
+from workers.models import Operation
+
+# An idle stream gets the unchanged operation again this often, so proxies and clients that
+# watch for silence keep it open during a long action.
+KEEPALIVE_SECONDS = 30.0
+
+
+def follow(op: Operation, instance: str, context: grpc.ServicerContext) -> Iterator[operations_pb2.Operation]:
+    """Yield the operation now and on every change, until it is done or the client leaves."""
+    sent = -1
+    while True:
+        op.refresh_from_db()
+        if op.version != sent:
+            sent = op.version
+            yield operations.to_proto(op, instance)
+        elif not op.done:
+            yield operations.to_proto(op, instance)  # keepalive
+        if op.done or not context.is_active():
+            return
+        watch.wait(op.pk, op.version, KEEPALIVE_SECONDS)
+
+
+class ExecutionService(re_grpc.ExecutionServicer):
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        pools.configured(cluster)  # a bad REAPI_POOLS_* fails at start, not per request
+
+    @streaming
+    def Execute(
+        self, request: re_pb2.ExecuteRequest, context: grpc.ServicerContext
+    ) -> Iterator[operations_pb2.Operation]:
+        who = principal()
+        who.check_instance(request.instance_name)
+        check_digest_function(request.digest_function)
+        action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
+        op = scheduler.submit(self.cluster, who, action, request.skip_cache_lookup)
+        yield from follow(op, request.instance_name, context)
+
+    @streaming
+    def WaitExecution(
+        self, request: re_pb2.WaitExecutionRequest, context: grpc.ServicerContext
+    ) -> Iterator[operations_pb2.Operation]:
+        who = principal()
+        op = operations.find(who.tenant_id, self.cluster, request.name)
+        yield from follow(op, _instance_of(request.name), context)
+
+
+def _instance_of(name: str) -> str:
+    head, sep, _ = name.rpartition("/operations/")
+    return head if sep else ""

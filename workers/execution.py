@@ -1,0 +1,153 @@
+"""What a worker does with one operation: claim it, run its action, complete it once.
+
+The order REAPI and DESIGN.md need: outputs, stdout and stderr into the CAS, then the action
+cache entry (unless `do_not_cache` or a non-zero exit: REAPI says a failed action MUST NOT be
+cached), then the operation marked done. Running an action again is harmless (same inputs,
+fresh directory, content-addressed outputs), which is what makes `acks_late` redelivery safe.
+"""
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from reapi import clusters
+from reapi.digests import Digest
+from reapi.errors import Internal, InvalidArgument, ReapiError
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from workers import inputs, operations, outputs, process
+from workers.models import Operation
+from workers.monitor import Identity, Monitor, _force_rmtree
+from workers.scheduler import load_action, timeout_of
+
+log = logging.getLogger(__name__)
+
+
+def run_operation(op_id: int, monitor: Monitor) -> None:
+    me = monitor.identity
+    op = operations.claim(op_id, me.name)
+    if op is None:
+        log.info("operation %s: done already or running elsewhere; nothing to do", op_id)
+        return
+    if op.attempt > settings.REAPI_MAX_DELIVERIES:
+        operations.fail(
+            op.pk,
+            Internal(f"delivered {op.attempt} times; not trying again (REAPI_MAX_DELIVERIES)"),
+            op.attempt,
+        )
+        return
+    if op.cancel_requested:
+        operations.complete(op.pk, operations.cancelled_response(), op.attempt)
+        return
+    if (op.cluster, op.pool) != (me.cluster, me.pool):
+        # A task in the wrong queue must not run on the wrong architecture.
+        operations.fail(
+            op.pk, Internal(f"delivered to {me.name}, not a {op.cluster}/{op.pool} worker"), op.attempt
+        )
+        return
+    with monitor.track(op.pk) as cancelled:
+        response = execute(op, me, cancelled)
+    if operations.complete(op.pk, response, op.attempt):
+        log.info(
+            "operation %s done: exit %s, status %s",
+            op.name,
+            response.result.exit_code if response.HasField("result") else "-",
+            response.status.code,
+        )
+    else:
+        log.warning("operation %s was finished elsewhere meanwhile; result dropped", op.name)
+
+
+def _stamp(ts: Timestamp) -> None:
+    ts.FromDatetime(datetime.fromtimestamp(time.time(), UTC))
+
+
+def execute(op: Operation, me: Identity, cancelled: threading.Event) -> re_pb2.ExecuteResponse:
+    """Run the operation's action in a fresh directory, removed afterwards."""
+    meta = re_pb2.ExecutedActionMetadata(worker=me.name)
+    meta.queued_timestamp.FromDatetime(op.queued_at)
+    _stamp(meta.worker_start_timestamp)
+    # Which pool and cluster ran it, for the client and the tests (REAPI auxiliary_metadata).
+    meta.auxiliary_metadata.add().Pack(
+        re_pb2.Platform(
+            properties=[
+                re_pb2.Platform.Property(name="cluster", value=me.cluster),
+                re_pb2.Platform.Property(name="pool", value=me.pool),
+            ]
+        )
+    )
+    base = Path(me.exec_dir) / f"{op.name}.{op.attempt}"
+    try:
+        base.mkdir(parents=True)
+        return _execute_in(op, base, meta, cancelled)
+    except ReapiError as err:
+        return re_pb2.ExecuteResponse(status=operations.status_for(err), message=err.message)
+    except Exception as exc:
+        log.exception("operation %s failed on the worker", op.name)
+        return re_pb2.ExecuteResponse(status=operations.status_for(Internal(f"worker error: {exc}")))
+    finally:
+        _force_rmtree(str(base))
+
+
+def _execute_in(
+    op: Operation, base: Path, meta: re_pb2.ExecutedActionMetadata, cancelled: threading.Event
+) -> re_pb2.ExecuteResponse:
+    backend = clusters.backend(op.storage_alias)
+    tenant = op.tenant.slug
+    action_digest = Digest(op.action_hash, op.action_size)
+    action, command, input_root = load_action(backend.cas, tenant, action_digest)
+    timeout = timeout_of(action)
+    root = base / "root"
+
+    _stamp(meta.input_fetch_start_timestamp)
+    inputs.materialise(backend.cas, tenant, input_root, root)
+    workdir = (
+        root / inputs.check_relative(command.working_directory, "working directory")
+        if command.working_directory
+        else root
+    )
+    if not workdir.is_dir():
+        raise InvalidArgument(
+            f"working directory {command.working_directory!r} is not a directory of the input root"
+        )
+    outputs.prepare(workdir, command)
+    _stamp(meta.input_fetch_completed_timestamp)
+
+    env = {v.name: v.value for v in command.environment_variables}
+    stdout, stderr = base / "stdout", base / "stderr"
+    _stamp(meta.execution_start_timestamp)
+    outcome = process.run(list(command.arguments), workdir, env, stdout, stderr, timeout, cancelled)
+    _stamp(meta.execution_completed_timestamp)
+    if outcome.how == process.CANCELLED:
+        return operations.cancelled_response()
+
+    _stamp(meta.output_upload_start_timestamp)
+    uploader = outputs.Uploader(backend.cas, tenant)
+    result = re_pb2.ActionResult(exit_code=outcome.exit_code)
+    timed_out = outcome.how == process.TIMED_OUT
+    if not timed_out:
+        outputs.collect(uploader, workdir, command, result)
+    for path, field in ((stdout, result.stdout_digest), (stderr, result.stderr_digest)):
+        if os.path.getsize(path):
+            field.CopyFrom(outputs.to_proto(uploader.add_file(path)))
+    uploader.flush()  # CAS first ...
+    _stamp(meta.output_upload_completed_timestamp)
+    _stamp(meta.worker_completed_timestamp)
+    result.execution_metadata.CopyFrom(meta)
+
+    if timed_out:
+        # REAPI: a timed-out action reports DEADLINE_EXCEEDED and MAY carry a partial result.
+        message = f"the action timed out after {timeout:g}s and was killed"
+        return re_pb2.ExecuteResponse(
+            result=result,
+            status=operations.error_status(operations.DEADLINE_EXCEEDED_CODE, message),
+            message=message,
+        )
+    if outcome.exit_code == 0 and not action.do_not_cache:
+        backend.action_cache.put(tenant, action_digest, result)  # ... then the action cache
+    return re_pb2.ExecuteResponse(result=result, status=operations.error_status(0, ""))

@@ -1,0 +1,86 @@
+"""Materialising an action's input root from the CAS into a fresh directory.
+
+Nested directories, files with their executable bit (or NodeProperties.unix_mode) and
+symlinks are recreated as the Directory messages describe them. Every blob the tree names but
+the CAS lacks is collected, so the client learns them all at once (REAPI: FAILED_PRECONDITION
+with a PreconditionFailure of MISSING violations), and can upload them and retry.
+"""
+
+import os
+from pathlib import Path, PurePosixPath
+
+from reapi import digests
+from reapi.cas import Cas
+from reapi.digests import Digest
+from reapi.errors import FailedPrecondition, InvalidArgument, NotFound
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+
+
+def check_name(name: str, what: str) -> str:
+    # REAPI Directory: a node's name is one path component.
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InvalidArgument(f"{what} name {name[:100]!r} is not a single path component")
+    return name
+
+
+def check_relative(path: str, what: str) -> str:
+    """A path inside the action's directory: relative, no `..`, no empty components."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or ".." in parts or "\0" in path:
+        raise InvalidArgument(f"{what} {path[:200]!r} must be a relative path inside the input root")
+    return path
+
+
+def node_digest(d: re_pb2.Digest, what: str) -> Digest:
+    try:
+        return digests.check(d.hash, d.size_bytes)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what}: {exc.message}") from None
+
+
+def materialise(cas: Cas, tenant: str, root: Digest, dest: Path) -> int:
+    """Write the tree under `root` into `dest` (which must not exist); returns the file count."""
+    missing: list[Digest] = []
+    pending = [(root, dest)]
+    files = 0
+    while pending:
+        digest, path = pending.pop()
+        directory = cas.directory(tenant, digest)
+        if directory is None:
+            missing.append(digest)
+            continue
+        path.mkdir()
+        for f in directory.files:
+            target = path / check_name(f.name, "input file")
+            blob = node_digest(f.digest, f"input file {f.name}")
+            try:
+                _write_blob(cas, tenant, blob, target)
+            except NotFound:
+                missing.append(blob)
+                continue
+            mode = 0o755 if f.is_executable else 0o644
+            if f.node_properties.HasField("unix_mode"):
+                mode = f.node_properties.unix_mode.value & 0o7777
+            os.chmod(target, mode)
+            files += 1
+        for s in directory.symlinks:
+            # Capabilities advertise absolute symlinks as disallowed.
+            if not s.target or s.target.startswith("/"):
+                raise InvalidArgument(f"input symlink {s.name!r} has an absolute or empty target")
+            os.symlink(s.target, path / check_name(s.name, "input symlink"))
+        for sub in directory.directories:
+            child = node_digest(sub.digest, f"input directory {sub.name}")
+            pending.append((child, path / check_name(sub.name, "input directory")))
+    if missing:
+        raise FailedPrecondition(
+            f"{len(missing)} input blob(s) of the action are missing from the CAS, e.g. {missing[0]}",
+            missing=tuple((d.hash, d.size) for d in missing),
+        )
+    return files
+
+
+def _write_blob(cas: Cas, tenant: str, digest: Digest, target: Path) -> None:
+    chunks = cas.read(tenant, digest, 0, 0)  # NotFound before the file is created
+    with open(target, "xb") as out:
+        for chunk in chunks:
+            out.write(chunk)
