@@ -85,9 +85,8 @@ def test_an_action_result_whose_outputs_were_evicted_is_a_miss(client: Client, a
 
     # A process that has not seen the blob, as every process will once its presence cache
     # trusts nothing older than an hour: the entry is a miss, never a dangling hit.
-    with ReapiServer("external") as cold:
-        with pytest.raises(grpc.RpcError) as info:
-            Client(cold.channel(), client.token).get_action_result(action)
+    with ReapiServer("external") as cold, pytest.raises(grpc.RpcError) as info:
+        Client(cold.channel(), client.token).get_action_result(action)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert digest(out).hash in (info.value.details() or "")
 
