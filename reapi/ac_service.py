@@ -2,9 +2,10 @@
 
 import grpc
 
-from reapi import clusters, digests, provenance
+from reapi import clusters, digests, provenance, usage
 from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
+from reapi.errors import NotFound
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.grpc_edge import principal, unary
@@ -25,13 +26,19 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
         check_digest_function(request.digest_function)
         action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
         backend = clusters.for_call(self.cluster, who.cache_mode)
-        return backend.action_cache.get(
-            who.tenant,
-            action,
-            inline_stdout=request.inline_stdout,
-            inline_stderr=request.inline_stderr,
-            inline_files=frozenset(request.inline_output_files),
-        )
+        try:
+            result = backend.action_cache.get(
+                who.tenant,
+                action,
+                inline_stdout=request.inline_stdout,
+                inline_stderr=request.inline_stderr,
+                inline_files=frozenset(request.inline_output_files),
+            )
+        except NotFound:
+            usage.add(who.tenant_id, self.cluster, usage.MISSES)
+            raise
+        usage.add(who.tenant_id, self.cluster, usage.HITS)
+        return result
 
     @unary
     def UpdateActionResult(

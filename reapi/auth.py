@@ -90,7 +90,11 @@ def credential_from_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> s
 def authenticate(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
     credential = credential_from_metadata(metadata)
     if not credential.startswith(pats.PREFIX):
-        raise Unauthenticated("credential is not a personal access token (aw_pat_…)")
+        from reapi import jwt_auth  # imported here: it builds on this module
+
+        if jwt_auth.looks_like_jwt(credential):
+            return jwt_auth.authenticate(credential)
+        raise Unauthenticated("credential is not a personal access token (aw_pat_…) or an OIDC JWT")
     try:
         pats.check_format(credential)
     except pats.MalformedToken as exc:

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import zstandard
 
-from reapi import clusters, digests
+from reapi import clusters, digests, usage
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
@@ -28,20 +28,30 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
     ) -> Iterator[bs_pb2.ReadResponse]:
         name = digests.parse_read(request.resource_name)
         tenant, backend = self._backend(name.instance)
-        if name.compressor:
-            # REAPI: compressed reads take offsets in the uncompressed blob and no limit.
-            if request.read_limit:
-                raise InvalidArgument("read_limit must be 0 for compressed-blobs reads")
-            chunks = backend.cas.read(tenant, name.digest, request.read_offset, 0)
-            compressor = zstandard.ZstdCompressor(level=1).compressobj()
-            for chunk in chunks:
-                out = compressor.compress(chunk)
-                if out:
-                    yield bs_pb2.ReadResponse(data=out)
-            yield bs_pb2.ReadResponse(data=compressor.flush())
-            return
-        for chunk in backend.cas.read(tenant, name.digest, request.read_offset, request.read_limit):
-            yield bs_pb2.ReadResponse(data=chunk)
+        # Counted once at the end (a cancelled read counts what was sent); the principal is
+        # read now because the stream may be closed from another thread.
+        tenant_id, served = principal().tenant_id, 0
+        try:
+            if name.compressor:
+                # REAPI: compressed reads take offsets in the uncompressed blob and no limit.
+                if request.read_limit:
+                    raise InvalidArgument("read_limit must be 0 for compressed-blobs reads")
+                chunks = backend.cas.read(tenant, name.digest, request.read_offset, 0)
+                compressor = zstandard.ZstdCompressor(level=1).compressobj()
+                for chunk in chunks:
+                    out = compressor.compress(chunk)
+                    if out:
+                        served += len(out)
+                        yield bs_pb2.ReadResponse(data=out)
+                out = compressor.flush()
+                served += len(out)
+                yield bs_pb2.ReadResponse(data=out)
+                return
+            for chunk in backend.cas.read(tenant, name.digest, request.read_offset, request.read_limit):
+                served += len(chunk)
+                yield bs_pb2.ReadResponse(data=chunk)
+        finally:
+            usage.add(tenant_id, self.cluster, usage.SERVED, served)
 
     def Write(
         self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
@@ -68,6 +78,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 if request.finish_write:
                     committed = upload.finish()
                     upload = None
+                    usage.add(principal().tenant_id, self.cluster, usage.STORED, name.digest.size)
                     return bs_pb2.WriteResponse(committed_size=committed)
                 following = next(request_iterator, None)
                 if following is None:
@@ -109,6 +120,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 offset += len(request.data)
                 if request.finish_write:
                     upload.finish()
+                    usage.add(principal().tenant_id, self.cluster, usage.STORED, name.digest.size)
                     return bs_pb2.WriteResponse(committed_size=offset)
                 following = next(rest, None)
                 if following is None:

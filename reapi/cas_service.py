@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from reapi import clusters, digests
+from reapi import clusters, digests, usage
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -64,6 +64,8 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
             else:
                 items.append((digest_or_error(r.digest), r.data))
         results = backend.cas.batch_update(tenant, items)
+        stored = sum(len(r.data) for r, err in zip(request.requests, results, strict=True) if err is None)
+        usage.add(principal().tenant_id, self.cluster, usage.STORED, stored)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
                 re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=rpc_status(err))
@@ -78,13 +80,16 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         tenant, backend = self._call(request.instance_name, request.digest_function)
         results = backend.cas.batch_read(tenant, [digest_or_error(d) for d in request.digests])
         responses = []
+        served = 0
         for d, result in zip(request.digests, results, strict=True):
             if isinstance(result, ReapiError):
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, status=rpc_status(result)))
             else:
+                served += len(result)
                 responses.append(
                     re_pb2.BatchReadBlobsResponse.Response(digest=d, data=result, status=rpc_status(None))
                 )
+        usage.add(principal().tenant_id, self.cluster, usage.SERVED, served)
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @streaming

@@ -10,6 +10,7 @@ import grpc
 from django.conf import settings
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from reapi import usage
 from reapi.ac_service import ActionCacheService
 from reapi.bytestream_service import ByteStreamService
 from reapi.capabilities_service import CapabilitiesService
@@ -82,6 +83,7 @@ def _bind(server: grpc.Server, listen: str) -> int:
 def serve(cluster: str, listen: str, threads: int = 32) -> None:
     server, _port = build(cluster, listen, threads)
     server.start()
+    flusher = usage.start_flusher()  # usage counters reach the database every few seconds
     scheme = "grpcs" if settings.REAPI_TLS_CERT else "grpc"
     log.info("REAPI %s cluster serving on %s://%s (pid %d)", cluster, scheme, listen, os.getpid())
     stop = threading.Event()
@@ -93,3 +95,4 @@ def serve(cluster: str, listen: str, threads: int = 32) -> None:
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
     server.stop(grace=5).wait()
+    flusher.stop()
