@@ -23,6 +23,9 @@ class Command(BaseCommand):
         )
         revoke = sub.add_parser("revoke", help="revoke a PAT, given the token or its id")
         revoke.add_argument("pat_or_id")
+        revoke.add_argument(
+            "--purge", action="store_true", help="also delete every action-cache entry the token wrote"
+        )
         listing = sub.add_parser("list", help="list tokens (never the secrets)")
         listing.add_argument("--tenant")
 
@@ -49,6 +52,11 @@ class Command(BaseCommand):
     def do_revoke(self, options: dict[str, Any]) -> None:
         token = tokens.revoke(tokens.find(options["pat_or_id"]))
         self.stdout.write(f"revoked token {token.id} ({token.prefix}…)")
+        if options["purge"]:
+            from reapi.provenance import purge_token
+
+            purged = purge_token(token.id)
+            self.stdout.write(f"purged {purged} action-cache entries written by token {token.id}")
 
     def do_list(self, options: dict[str, Any]) -> None:
         qs = AccessToken.objects.select_related("tenant", "user").order_by("tenant__slug", "id")
