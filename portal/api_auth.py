@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -56,3 +57,17 @@ def note_use(token: AccessToken) -> None:
         audit.record("token.first_use", tenant=token.tenant, token_prefix=token.prefix, via="api")
         return
     rows.update(last_used_at=now)
+
+
+class PatScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes PatAuthentication."""
+
+    target_class = "portal.api_auth.PatAuthentication"
+    name = "personalAccessToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A tenant admin's personal access token: Authorization: Bearer aw_pat_…",
+        }

@@ -1,0 +1,157 @@
+"""REST API v1 through a real portal process (`manage.py runserver`) over HTTP: session with
+CSRF, or a tenant admin's PAT; members see only their tenant, developers only their tokens."""
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import requests
+import yaml
+
+from portal import tokens
+from portal.models import AccessToken, Invitation, Membership, Tenant
+from tests.oidc import PortalServer
+from tests.tenants import Persona
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[PortalServer]:
+    with PortalServer() as p:
+        yield p
+
+
+def pat_session(token: str) -> requests.Session:
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {token}"
+    return s
+
+
+def logged_in(portal: PortalServer, username: str, password: str = "pw-for-api-tests") -> requests.Session:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.get(username=username)
+    user.set_password(password)
+    user.save()
+    s = requests.Session()
+    page = s.get(f"{portal.url}/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token
+    reply = s.post(
+        f"{portal.url}/login/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)},
+        headers={"Referer": f"{portal.url}/login/"},
+        allow_redirects=False,
+    )
+    assert reply.status_code == 302
+    return s
+
+
+def test_the_openapi_schema_is_served(portal: PortalServer) -> None:
+    reply = requests.get(f"{portal.url}/api/v1/schema/", timeout=10)
+    assert reply.status_code == 200
+    schema = yaml.safe_load(reply.text)
+    assert schema["openapi"].startswith("3.")
+    assert "/api/v1/tenants/{slug}/tokens/" in schema["paths"]
+    assert "post" in schema["paths"]["/api/v1/tenants/{slug}/tokens/{token_id}/revoke/"]
+    assert schema["components"]["securitySchemes"]["personalAccessToken"]["scheme"] == "bearer"
+
+
+def test_anonymous_calls_are_401(portal: PortalServer, acme: Persona) -> None:
+    reply = requests.get(f"{portal.url}/api/v1/tenants/{acme.slug}/", timeout=10)
+    assert reply.status_code == 401
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_admin_pat_manages_its_tenant(portal: PortalServer, acme: Persona) -> None:
+    api = pat_session(acme.pat())
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    assert api.get(f"{base}/").json()["role"] == "admin"
+    assert api.patch(f"{base}/", json={"cache_mode": "pass-through"}).status_code == 200
+    assert Tenant.objects.get(pk=acme.tenant.pk).cache_mode == "pass-through"
+    assert api.patch(f"{base}/", json={"cache_mode": "sideways"}).status_code == 400
+
+    created = api.post(
+        f"{base}/tokens/", json={"name": "ci", "scopes": ["cas:read", "ac:read"], "cluster": "internal"}
+    )
+    assert created.status_code == 201
+    assert "no-store" in created.headers["Cache-Control"]
+    body = created.json()
+    assert re.fullmatch(r"aw_pat_[0-9A-Za-z]{36}", body["token"])
+    assert f"--remote_header=X-Aspect={body['token']}" in body["bazelrc"]
+    assert "--noremote_upload_local_results" in body["bazelrc"]
+    listed = api.get(f"{base}/tokens/").json()
+    assert any(t["id"] == body["id"] for t in listed) and all("token" not in t for t in listed)
+    assert api.post(f"{base}/tokens/{body['id']}/revoke/").json()["status"] == "revoked"
+
+    invited = api.post(f"{base}/members/", json={"email": "newbie@example.com", "role": "developer"})
+    assert invited.status_code == 201
+    assert Invitation.objects.filter(tenant=acme.tenant, email="newbie@example.com").exists()
+    bob = Membership.objects.get(tenant=acme.tenant, user__username=acme.developer)
+    assert api.patch(f"{base}/members/{bob.id}/", json={"role": "admin"}).json()["role"] == "admin"
+    assert api.delete(f"{base}/members/{bob.id}/").status_code == 204
+    assert not Membership.objects.filter(pk=bob.pk).exists()
+
+
+def test_bad_token_requests_say_what_is_wrong(portal: PortalServer, acme: Persona) -> None:
+    api = pat_session(acme.pat())
+    reply = api.post(
+        f"{portal.url}/api/v1/tenants/{acme.slug}/tokens/", json={"name": "x", "scopes": ["root"]}
+    )
+    assert reply.status_code == 400
+    assert "root" in reply.text
+    never = api.post(
+        f"{portal.url}/api/v1/tenants/{acme.slug}/tokens/",
+        json={"name": "x", "scopes": ["cas:read"], "expires_in_days": 0},
+    )
+    assert never.status_code == 400 and "never expire" in never.text
+
+
+def test_a_developers_pat_does_not_open_the_api(portal: PortalServer, acme: Persona) -> None:
+    reply = pat_session(acme.pat(acme.developer)).get(f"{portal.url}/api/v1/tenants/{acme.slug}/")
+    assert reply.status_code == 403
+    assert "tenant admins" in reply.text
+
+
+def test_a_revoked_or_malformed_pat_is_401(portal: PortalServer, acme: Persona) -> None:
+    issued = tokens.issue(acme.tenant, acme.admin, name="old")
+    tokens.revoke(issued.token)
+    for token in (issued.secret, "aw_pat_" + "x" * 36, "not-a-token"):
+        assert pat_session(token).get(f"{portal.url}/api/v1/tenants/").status_code == 401, token
+
+
+def test_a_pat_opens_only_its_own_tenant(portal: PortalServer, acme: Persona, globex: Persona) -> None:
+    api = pat_session(acme.pat())
+    assert [t["slug"] for t in api.get(f"{portal.url}/api/v1/tenants/").json()] == [acme.slug]
+    assert api.get(f"{portal.url}/api/v1/tenants/{globex.slug}/").status_code == 404
+    theirs = tokens.issue(globex.tenant, globex.admin, name="theirs").token
+    assert api.post(f"{portal.url}/api/v1/tenants/{acme.slug}/tokens/{theirs.id}/revoke/").status_code == 404
+    assert AccessToken.objects.get(pk=theirs.pk).revoked_at is None
+
+
+def test_a_session_needs_csrf_and_developers_see_only_their_tokens(
+    portal: PortalServer, acme: Persona
+) -> None:
+    alices = tokens.issue(acme.tenant, acme.admin, name="alice").token
+    bobs = tokens.issue(acme.tenant, acme.developer or "", name="bob").token
+    bob = logged_in(portal, acme.developer or "")
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    listed = bob.get(f"{base}/tokens/").json()
+    assert [t["id"] for t in listed] == [bobs.id]
+    assert bob.get(f"{base}/tokens/{alices.id}/").status_code == 404
+
+    no_csrf = bob.post(f"{base}/tokens/{bobs.id}/revoke/")
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+    assert AccessToken.objects.get(pk=bobs.pk).revoked_at is None
+    headers = {"X-CSRFToken": bob.cookies["csrftoken"], "Referer": f"{portal.url}/"}
+    assert bob.post(f"{base}/tokens/{alices.id}/revoke/", headers=headers).status_code == 404
+    assert bob.post(f"{base}/tokens/{bobs.id}/revoke/", headers=headers).status_code == 200
+    assert AccessToken.objects.get(pk=alices.pk).revoked_at is None
+    assert bob.patch(f"{base}/", json={"cache_mode": "pass-through"}, headers=headers).status_code == 403
+    assert bob.post(f"{base}/members/", json={"email": "x@example.com"}, headers=headers).status_code == 403
+    assert bob.get(f"{base}/tokens/{bobs.id}/revoke/").status_code == 405
+
+
+def test_an_outsiders_session_gets_404(portal: PortalServer, acme: Persona, globex: Persona) -> None:
+    charlie = logged_in(portal, globex.admin)
+    assert charlie.get(f"{portal.url}/api/v1/tenants/{acme.slug}/tokens/").status_code == 404
+    assert charlie.get(f"{portal.url}/api/v1/tenants/{acme.slug}/members/").status_code == 404
