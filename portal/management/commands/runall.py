@@ -97,6 +97,12 @@ Stop everything with Ctrl-C.
         )
 
     def bootstrap_admin(self) -> str:
+        if settings.OIDC_ENABLED:
+            return (
+                "Sign in to the portal through your OpenID provider. Make yourself a tenant's first admin:\n"
+                "  .venv/bin/python manage.py tenant create acme\n"
+                "  .venv/bin/python manage.py invite acme you@example.com --role admin"
+            )
         user_model = get_user_model()
         if user_model.objects.filter(is_superuser=True).exists():
             return "Log in to the portal as your superuser (manage.py createsuperuser adds one)."
