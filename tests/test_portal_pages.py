@@ -262,3 +262,51 @@ def test_pages_label_every_form_control(acme: Persona) -> None:
         assert ids, sub
         for control in ids:
             assert f'for="{control}"' in body, f"{sub}: #{control} has no label"
+
+
+def test_admins_trust_ci_runners_by_claim(acme: Persona) -> None:
+    from django.test import override_settings
+
+    from portal.models import CiIdentity
+
+    alice = client_for(acme.admin)
+    bob_id = get_user_model().objects.get(username=acme.developer).pk
+    with override_settings(OIDC_GRPC_ISSUER="https://ci.example.com", OIDC_GRPC_AUDIENCE="cache"):
+        page = alice.get(f"/t/{acme.slug}/ci/").content.decode()
+        assert "https://ci.example.com" in page and 'for="id_claim"' in page
+        form = {
+            "name": "main",
+            "claim": "repository",
+            "value": "acme/app",
+            "member": bob_id,
+            "scopes": ["cas:read"],
+        }
+        assert alice.post(f"/t/{acme.slug}/ci/", form).status_code == 302
+        rule = CiIdentity.objects.get(tenant=acme.tenant, value="acme/app")
+        assert (
+            rule.user_id == bob_id and rule.issuer == "https://ci.example.com" and rule.scopes == "cas:read"
+        )
+        assert alice.post(f"/t/{acme.slug}/ci/", form).status_code == 400  # already trusted
+        assert (
+            client_for(acme.developer or "").post(f"/t/{acme.slug}/ci/{rule.id}/remove/").status_code == 403
+        )
+        assert alice.post(f"/t/{acme.slug}/ci/{rule.id}/remove/").status_code == 302
+    assert not CiIdentity.objects.filter(pk=rule.pk).exists()
+
+
+def test_a_superuser_creates_a_tenant_and_becomes_its_admin() -> None:
+    import uuid
+
+    root = get_user_model().objects.create_superuser(f"root-{uuid.uuid4().hex[:6]}", password="x" * 12)
+    client = Client()
+    client.force_login(root)
+    slug = f"made-{uuid.uuid4().hex[:6]}"
+    response = client.post("/", {"slug": slug})
+    assert response.status_code == 302 and response["Location"] == f"/t/{slug}/"
+    assert Membership.objects.get(tenant__slug=slug, user=root).role == "admin"
+    assert client.post("/", {"slug": "blobs"}).status_code == 200  # reserved: the form says why
+
+
+def test_only_superusers_create_tenants(acme: Persona) -> None:
+    assert client_for(acme.admin).post("/", {"slug": "sneaky"}).status_code == 403
+    assert not Tenant.objects.filter(slug="sneaky").exists()
