@@ -1,5 +1,7 @@
 """Tenants, their members, personal access tokens and the audit log."""
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -21,9 +23,7 @@ class Role(models.TextChoices):
 class Tenant(models.Model):
     slug = models.SlugField(unique=True, max_length=63)
     name = models.CharField(max_length=200, blank=True)
-    cache_mode = models.CharField(
-        max_length=20, choices=CacheMode.choices, default=CacheMode.INDEPENDENT
-    )
+    cache_mode = models.CharField(max_length=20, choices=CacheMode.choices, default=CacheMode.INDEPENDENT)
     allow_non_expiring_tokens = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -33,16 +33,12 @@ class Tenant(models.Model):
 
 class Membership(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["tenant", "user"], name="one_membership_per_tenant")
-        ]
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="one_membership_per_tenant")]
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
@@ -52,9 +48,7 @@ class AccessToken(models.Model):
     """A PAT. The token itself is never stored: only its SHA-256 and a display prefix."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tokens")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
     name = models.CharField(max_length=200, blank=True)
     prefix = models.CharField(max_length=16)
     digest = models.CharField(max_length=64, unique=True)
@@ -72,7 +66,7 @@ class AccessToken(models.Model):
     def scope_list(self) -> list[str]:
         return [s for s in self.scopes.split(",") if s]
 
-    def status(self, now: "timezone.datetime | None" = None) -> str:
+    def status(self, now: datetime | None = None) -> str:
         now = now or timezone.now()
         if self.revoked_at:
             return "revoked"
@@ -85,9 +79,7 @@ class AuditEvent(models.Model):
     tenant = models.ForeignKey(
         Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
     )
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
-    )
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     action = models.CharField(max_length=40)
     token_prefix = models.CharField(max_length=16, blank=True)
     detail = models.JSONField(default=dict, blank=True)

@@ -142,7 +142,7 @@ def test_a_session_needs_csrf_and_developers_see_only_their_tokens(
     no_csrf = bob.post(f"{base}/tokens/{bobs.id}/revoke/")
     assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
     assert AccessToken.objects.get(pk=bobs.pk).revoked_at is None
-    headers = {"X-CSRFToken": bob.cookies["csrftoken"], "Referer": f"{portal.url}/"}
+    headers = {"X-CSRFToken": str(bob.cookies["csrftoken"]), "Referer": f"{portal.url}/"}
     assert bob.post(f"{base}/tokens/{alices.id}/revoke/", headers=headers).status_code == 404
     assert bob.post(f"{base}/tokens/{bobs.id}/revoke/", headers=headers).status_code == 200
     assert AccessToken.objects.get(pk=alices.pk).revoked_at is None

@@ -180,7 +180,7 @@ def test_an_admin_does_everything_in_the_browser(
 
     # Phone width: the same pages fit without sideways scrolling.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
-    phone.add_cookies(context.cookies())
+    phone.add_cookies(context.cookies())  # type: ignore[arg-type]  # the same dicts, typed apart
     mobile = phone.new_page()
     for path, name in (
         ("", "14-phone-dashboard"),
