@@ -27,9 +27,7 @@ def check_mode(mode: str) -> CacheMode:
         raise TenancyError(f"unknown cache mode {mode!r} (choose {choices})") from None
 
 
-def create_tenant(
-    slug: str, mode: str = CacheMode.INDEPENDENT, actor: User | None = None
-) -> Tenant:
+def create_tenant(slug: str, mode: str = CacheMode.INDEPENDENT, actor: User | None = None) -> Tenant:
     from django.utils.text import slugify
 
     if not slug or slugify(slug) != slug:
