@@ -6,6 +6,7 @@ Bazel with --remote_download_minimal trusts a hit without fetching its outputs, 
 a missing output would fail the build later. A dangling entry is a miss instead.
 """
 
+import time
 from collections.abc import Callable
 
 from reapi import digests
@@ -60,11 +61,8 @@ class ActionCache:
         return result
 
     def missing_blobs(self, tenant: str, result: re_pb2.ActionResult) -> list[Digest]:
-        # Two batched lookups (the outputs, then the files of output trees), so an indexed
-        # store answers a large result in two queries.
-        missing = self.cas.find_missing(
-            tenant, [Digest(r.hash, r.size_bytes) for r in referenced_digests(result)]
-        )
+        # Two batched lookups: the outputs, then the files of output trees.
+        missing = self._missing(tenant, [Digest(r.hash, r.size_bytes) for r in referenced_digests(result)])
         tree_files = []
         for out_dir in result.output_directories:
             tree_digest = Digest(out_dir.tree_digest.hash, out_dir.tree_digest.size_bytes)
@@ -75,7 +73,30 @@ class ActionCache:
             for directory in [tree.root, *tree.children]:
                 tree_files += [Digest(f.digest.hash, f.digest.size_bytes) for f in directory.files]
         if tree_files:
-            missing += self.cas.find_missing(tenant, tree_files)
+            missing += self._missing(tenant, tree_files)
+        return missing
+
+    def _missing(self, tenant: str, wanted: list[Digest]) -> list[Digest]:
+        """Cas.find_missing, except that an indexed store checks storage itself (verify): a
+        hit promises its outputs can be fetched, and an index may list a blob storage lost.
+        What this process saw within the presence trust window is not asked again."""
+        now = time.time()
+        presence = self.cas.presence
+        unknown = []
+        for d in wanted:
+            key = digests.cas_key(tenant, d)
+            if d.hash != digests.EMPTY_HASH and not presence.known(key, now):
+                unknown.append((key, d))
+        if not unknown:
+            return []
+        found = self.store.stat_many([key for key, _ in unknown], verify=True)
+        missing = []
+        for key, d in unknown:
+            st = found.get(key)
+            if st is None or st[0] != d.size:
+                missing.append(d)
+            else:
+                presence.confirm(key, st[1], now)
         return missing
 
     def _inline(

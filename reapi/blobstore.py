@@ -37,7 +37,7 @@ def syncfs(path: Path) -> None:
 
 class BlobStore(Protocol):
     def stat(self, key: str) -> tuple[int, float] | None: ...
-    def stat_many(self, keys: list[str]) -> dict[str, tuple[int, float]]: ...
+    def stat_many(self, keys: list[str], verify: bool = False) -> dict[str, tuple[int, float]]: ...
     def touch(self, keys: Iterable[str]) -> None: ...
     def get(self, key: str) -> bytes | None: ...
     def open(self, key: str) -> BinaryIO | None: ...
@@ -70,8 +70,11 @@ class FileBlobStore:
             return None
         return st.st_size, max(st.st_atime, st.st_mtime)
 
-    def stat_many(self, keys: list[str]) -> dict[str, tuple[int, float]]:
-        """(size, last touched) of each key present; absent keys are left out."""
+    def stat_many(self, keys: list[str], verify: bool = False) -> dict[str, tuple[int, float]]:
+        """(size, last touched) of each key present; absent keys are left out.
+
+        `verify` asks an indexed store to check with storage itself; files always are.
+        """
         found = {}
         for key in keys:
             st = self.stat(key)

@@ -83,12 +83,16 @@ class S3BlobStore:
     def stat(self, key: str) -> tuple[int, float] | None:
         return self.stat_many([key]).get(key)
 
-    def stat_many(self, keys: list[str]) -> dict[str, tuple[int, float]]:
+    def stat_many(self, keys: list[str], verify: bool = False) -> dict[str, tuple[int, float]]:
         """(size, last touched) of the keys the index holds, in one query.
 
         A row older than the presence trust window is touched here, in the same call, before
         it is reported present: the eviction job deletes only rows still untouched, under the
         database's row locks, so a blob this reports present cannot be evicted behind it.
+
+        `verify` (completeness checks of action results, for blobs this process has not seen
+        within the trust window) also asks S3, in parallel, about each blob the index lists:
+        one lost behind our back is dropped from the index and reported missing.
         """
         if not keys:
             return {}
@@ -104,7 +108,23 @@ class S3BlobStore:
                     found[key] = (found[key][0], now)
                 else:
                     del found[key]  # evicted between the two statements
+        if verify and found:
+            listed = list(found)
+            for key, size in zip(listed, self._pool.map(self._head, listed), strict=True):
+                if size != found[key][0]:
+                    if size is None:
+                        self._lost(key)
+                    del found[key]
         return found
+
+    def _head(self, key: str) -> int | None:
+        try:
+            reply = self.client.head_object(Bucket=self.bucket, Key=self._object(key))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return int(reply["ContentLength"])
 
     def _select(self, keys: list[str]) -> list[tuple[str, int, float]]:
         sql = f"SELECT key, size, touched_at FROM {self._table} WHERE store = %s AND key "

@@ -38,7 +38,9 @@ class S3Cluster:
         return {k.removeprefix(f"{self.prefix}/") for k in self.s3.keys(f"{self.prefix}/{tenant}/")}
 
     def indexed(self, tenant: str) -> set[str]:
-        return set(Blob.objects.filter(store=self.store.store_id, tenant=tenant).values_list("key", flat=True))
+        return set(
+            Blob.objects.filter(store=self.store.store_id, tenant=tenant).values_list("key", flat=True)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -101,25 +103,31 @@ def test_a_blob_lost_from_the_bucket_is_reported_missing_not_served(
     cluster: S3Cluster, acme: Persona
 ) -> None:
     writer, peer = clients(cluster, acme)
-    out = os.urandom(3000)
+    out, plain = os.urandom(3000), os.urandom(2000)
     action, result = action_with_outputs(writer, out)
     writer.update_action_result(action, result)
-    d = digest(out)
-    key = f"{acme.slug}/cas/{d.hash[:2]}/{d.hash}"
-    cluster.s3.client().delete_object(Bucket=cluster.s3.bucket, Key=f"{cluster.prefix}/{key}")
-    assert key in cluster.indexed(acme.slug)  # the index still lists it ...
+    writer.upload(plain)
+    keys = {}
+    for data in (out, plain):
+        d = digest(data)
+        keys[data] = f"{acme.slug}/cas/{d.hash[:2]}/{d.hash}"
+        cluster.s3.client().delete_object(Bucket=cluster.s3.bucket, Key=f"{cluster.prefix}/{keys[data]}")
+    assert set(keys.values()) <= cluster.indexed(acme.slug)  # the index still lists them ...
 
-    reply = peer.batch_read(d)  # ... but a read finds it gone: reported missing, not served
-    assert reply.responses[0].status.code == grpc.StatusCode.NOT_FOUND.value[0]
-    assert key not in cluster.indexed(acme.slug)
-    assert peer.missing(d) == [d]
+    # ... but a hit is checked against the bucket itself: a miss, not a dangling hit,
     with pytest.raises(grpc.RpcError) as info:
         peer.get_action_result(action)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert keys[out] not in cluster.indexed(acme.slug)
+    # and a read finds the other one gone: reported missing, not served.
+    reply = peer.batch_read(digest(plain))
+    assert reply.responses[0].status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert keys[plain] not in cluster.indexed(acme.slug)
+    assert peer.missing(digest(out), digest(plain)) == [digest(out), digest(plain)]
 
-    peer.upload(out)  # the client uploads it again, and all is well
-    assert peer.get_action_result(action).output_files[0].digest == d
-    assert peer.read(d) == out
+    peer.upload(out, plain)  # the client uploads them again, and all is well
+    assert peer.get_action_result(action).output_files[0].digest == digest(out)
+    assert peer.read(digest(plain)) == plain
 
 
 def test_reconcile_makes_the_index_match_the_bucket(cluster: S3Cluster, acme: Persona) -> None:
