@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -68,25 +68,31 @@ class Cas:
         return True
 
     def find_missing(self, tenant: str, wanted: Iterable[Digest]) -> list[Digest]:
-        # What this process does not already know is asked of the store in one call, so an
-        # indexed store (S3) answers 10,000 digests with one query, not 10,000 requests.
+        wanted = list(wanted)
+        missing = self.find_missing_hashes(tenant, [d.hash for d in wanted], [d.size for d in wanted])
+        return [wanted[i] for i in missing]
+
+    def find_missing_hashes(self, tenant: str, hashes: Sequence[str], sizes: Sequence[int]) -> list[int]:
+        """Indices of the blobs (validated hash and size) that are not in the CAS.
+
+        FindMissingBlobs' hot path, 10,000 digests a call: no object per digest, one dict
+        lookup per digest, and what this process does not already know is asked of the store
+        in one call, so an indexed store (S3) answers with one query, not one request each.
+        """
         now = time.time()
-        unknown = []
-        for d in wanted:
-            if d.hash != digests.EMPTY_HASH and not self.presence.known(
-                key := digests.cas_key(tenant, d), now
-            ):
-                unknown.append((key, d))
+        # The layout of digests.cas_key, built inline: a call per digest costs 15% here.
+        keys = [f"{tenant}/cas/{h[:2]}/{h}" for h in hashes]
+        unknown = [i for i in self.presence.unknown(keys, now) if hashes[i] != digests.EMPTY_HASH]
         if not unknown:
             return []
-        found = self.store.stat_many([key for key, _ in unknown])
+        found = self.store.stat_many([keys[i] for i in unknown])
         missing = []
-        for key, d in unknown:
-            st = found.get(key)
-            if st is None or st[0] != d.size:
-                missing.append(d)
+        for i in unknown:
+            st = found.get(keys[i])
+            if st is None or st[0] != sizes[i]:
+                missing.append(i)
             else:
-                self.presence.confirm(key, st[1], now)
+                self.presence.confirm(keys[i], st[1], now)
         return missing
 
     # --- batches --------------------------------------------------------------------------

@@ -38,6 +38,12 @@ class Presence:
         seen = self._seen.get(key)
         return seen is not None and now - seen < TRUST_SECONDS
 
+    def unknown(self, keys: list[str], now: float) -> list[int]:
+        """Indices of the keys this process cannot vouch for (one dict lookup each)."""
+        get = self._seen.get
+        horizon = now - TRUST_SECONDS
+        return [i for i, key in enumerate(keys) if (seen := get(key)) is None or seen <= horizon]
+
     def confirm(self, key: str, touched_at: float | None, now: float) -> None:
         """Record that `key` exists; `touched_at` is its last touch in storage, if known."""
         seen = self._seen
