@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: venv run test test-deps test-sqlite test-postgres check bench proto clean
+.PHONY: venv run test test-deps test-sqlite test-postgres test-s3 check bench proto clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ test-deps: venv
 	    bazel-bootstrap chromium libnetty-tcnative-jni; fi
 	@bash tests/start-services.sh
 
-test: test-deps test-sqlite test-postgres
+test: test-deps test-sqlite test-postgres test-s3
 
 test-sqlite: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,6 +37,10 @@ test-sqlite: venv
 test-postgres: venv
 	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
 	  $(PY) -m pytest -m "not bazel and not browser" $(PYTEST_ARGS)
+
+# The REAPI tests and the Bazel round trip again, with both clusters' storage on S3 (SeaweedFS).
+test-s3: venv
+	TEST_STORAGE=s3 $(PY) -m pytest tests/test_reapi_*.py tests/test_cache_bazel.py $(PYTEST_ARGS)
 
 check: venv
 	$(VENV)/bin/ruff check .

@@ -24,6 +24,11 @@ if os.environ.get("TEST_DATABASE_URL"):
     os.environ["DATABASE_URL"] = fresh_postgres_database(os.environ["TEST_DATABASE_URL"])
 else:
     os.environ["DATABASE_URL"] = f"sqlite:///{TEST_ROOT / 'test.sqlite3'}"
+if os.environ.get("TEST_STORAGE") == "s3":
+    # Both clusters' storage on one SeaweedFS for the whole run (make test-s3).
+    from tests.seaweed import session_storage_env
+
+    os.environ.update(session_storage_env(TEST_ROOT))
 
 import django  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from tests.reapi_client import Client, digest
 from tests.servers import ReapiServer
-from tests.storage_probe import blob_root
+from tests.storage_probe import delete_blob
 from tests.tenants import Persona
 
 
@@ -57,7 +57,7 @@ def test_an_entry_whose_output_is_gone_is_a_miss_not_a_dangling_hit(client: Clie
     result, (out, _) = result_with_outputs(client)
     client.update_action_result(action, result)
     d = digest(out)
-    (blob_root() / acme.slug / "cas" / d.hash[:2] / d.hash).unlink()
+    delete_blob(f"{acme.slug}/cas/{d.hash[:2]}/{d.hash}")
     # The server process may still remember the blob (presence cache); a new server process
     # starts cold, as a peer process would be after another process lost the blob.
     fresh = Client(client.channel, client.token)
