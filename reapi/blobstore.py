@@ -10,12 +10,18 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from reapi.filestorage import atomic_write
+
+# Listings of blob directories kept to answer "absent" without a lookup per name: at most this
+# many names in all (~100 MB), and only from directories unchanged for RACY_NS before listing.
+MAX_LISTED_NAMES = 1_000_000
+RACY_NS = 100_000_000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -56,6 +62,9 @@ class FileBlobStore:
         self.tmp = root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
+        # Directory -> (mtime_ns, names): see _listing.
+        self._listings: dict[str, tuple[int, frozenset[str]]] = {}
+        self._listed_names = 0
 
     def _root_fd(self) -> int:
         """A descriptor of the root, so a stat walks the key's 4 segments and not the root's too
@@ -84,21 +93,62 @@ class FileBlobStore:
     def stat_many(self, keys: list[str], verify: bool = False) -> dict[str, tuple[int, float]]:
         """(size, last touched) of each key present; absent keys are left out.
 
-        `verify` asks an indexed store to check with storage itself; files always are.
+        `verify` asks an indexed store to check with storage itself: here, every key is
+        looked up. Otherwise a key whose directory listing says it is absent is not: looking
+        up a name never seen costs ~4 µs on ext4, reading a listing ~0.15 µs per entry.
         """
         found = {}
         fd = self._root_fd()
-        access, stat, exists = os.access, os.stat, os.F_OK
+        by_dir: dict[str, list[str]] = {}
         for key in keys:
-            # access() answers a miss without raising: 1.2 µs against stat's 2 µs here, and
-            # FindMissingBlobs asks mostly about blobs that are not there.
-            if access(key, exists, dir_fd=fd):
-                try:
-                    st = stat(key, dir_fd=fd)
-                except FileNotFoundError:
+            directory, _, name = key.rpartition("/")
+            by_dir.setdefault(directory, []).append(name)
+        access, stat, exists = os.access, os.stat, os.F_OK
+        for directory, names in by_dir.items():
+            listed = None if verify else self._listing(fd, directory, len(names))
+            for name in names:
+                if listed is not None and name not in listed:
                     continue
-                found[key] = (st.st_size, max(st.st_atime, st.st_mtime))
+                key = f"{directory}/{name}"
+                # access() answers a miss without raising: 1.2 µs against stat's 2 µs.
+                if access(key, exists, dir_fd=fd):
+                    try:
+                        st = stat(key, dir_fd=fd)
+                    except FileNotFoundError:
+                        continue
+                    found[key] = (st.st_size, max(st.st_atime, st.st_mtime))
         return found
+
+    def _listing(self, fd: int, directory: str, wanted: int) -> frozenset[str] | None:
+        """The names in `directory`, or None where looking up `wanted` names one by one is
+        cheaper than listing it.
+
+        A listing is kept while the directory's mtime stays what it was before it was read:
+        adding or removing a name changes it. A listing taken within RACY_NS of the last
+        change is not kept, since a change in the same timestamp tick could go unseen
+        (git's "racily clean" rule for its index).
+        """
+        try:
+            st = os.stat(directory, dir_fd=fd)
+        except FileNotFoundError:
+            return frozenset()
+        before = time.time_ns()
+        cached = self._listings.get(directory)
+        if cached is not None and cached[0] == st.st_mtime_ns:
+            return cached[1]
+        # An ext4 entry for a 64-character name takes 72 bytes of a directory block.
+        if wanted * 2048 < st.st_size:
+            return None
+        try:
+            names = frozenset(os.listdir(os.path.join(self.root, directory)))
+        except FileNotFoundError:
+            return frozenset()
+        if before - st.st_mtime_ns > RACY_NS:
+            if self._listed_names + len(names) > MAX_LISTED_NAMES:
+                self._listings, self._listed_names = {}, 0
+            self._listings[directory] = (st.st_mtime_ns, names)
+            self._listed_names += len(names)
+        return names
 
     def touch(self, keys: Iterable[str]) -> None:
         # The filesystem is mounted relatime, so reads do not move atime reliably: the
