@@ -1,5 +1,6 @@
 """Builds and runs one gRPC server process for a cluster."""
 
+import gc
 import logging
 import os
 import signal
@@ -82,6 +83,10 @@ def _bind(server: grpc.Server, listen: str) -> int:
 
 def serve(cluster: str, listen: str, threads: int = 32) -> None:
     server, _port = build(cluster, listen, threads)
+    # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
+    # out of the collector's full passes, which otherwise walk it all and stall a call by
+    # ~30 ms every few seconds under load (FindMissingBlobs allocates ~30,000 objects a call).
+    gc.freeze()
     server.start()
     flusher = usage.start_flusher()  # usage counters reach the database every few seconds
     scheme = "grpcs" if settings.REAPI_TLS_CERT else "grpc"
