@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -151,6 +151,10 @@ class Cas:
 
     def batch_read(self, tenant: str, wanted: list[Digest | ReapiError]) -> list[bytes | ReapiError]:
         self.check_batch_size(sum(d.size for d in wanted if isinstance(d, Digest)), "read")
+        get_many = getattr(self.store, "get_many", None)
+        if get_many is not None:
+            # A store with a round trip per object (S3) fetches the batch in parallel.
+            return self._batch_read_many(tenant, wanted, get_many)
         out: list[bytes | ReapiError] = []
         for digest in wanted:
             if isinstance(digest, ReapiError):
@@ -160,6 +164,35 @@ class Cas:
                 out.append(self.get(tenant, digest))
             except ReapiError as exc:
                 out.append(exc)
+        return out
+
+    def _batch_read_many(
+        self,
+        tenant: str,
+        wanted: list[Digest | ReapiError],
+        get_many: Callable[[list[str]], list[bytes | None]],
+    ) -> list[bytes | ReapiError]:
+        fetch = [d for d in wanted if isinstance(d, Digest) and d.hash != digests.EMPTY_HASH]
+        keys = [digests.cas_key(tenant, d) for d in fetch]
+        got = dict(zip(keys, get_many(keys), strict=True))
+        now = time.time()
+        out: list[bytes | ReapiError] = []
+        for d in wanted:
+            if isinstance(d, ReapiError):
+                out.append(d)
+                continue
+            if d.hash == digests.EMPTY_HASH:
+                out.append(b"")
+                continue
+            key = digests.cas_key(tenant, d)
+            data = got[key]
+            if data is None or len(data) != d.size:
+                self.presence.forget(key)
+                out.append(NotFound(f"blob {d} is not in the CAS"))
+                continue
+            if not self.presence.known(key, now):
+                self.presence.confirm(key, None, now)
+            out.append(data)
         return out
 
     # --- streams --------------------------------------------------------------------------

@@ -200,6 +200,10 @@ class S3BlobStore:
             raise
         return cast(bytes, reply["Body"].read())
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """get() of each key, in parallel (BatchReadBlobs)."""
+        return list(self._pool.map(self.get, keys))
+
     def open(self, key: str) -> BinaryIO | None:
         try:
             reader = _ObjectReader(self.client, self.bucket, self._object(key))
