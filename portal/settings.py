@@ -165,6 +165,8 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
 # Redis/SQS redeliver an unacknowledged task after this: longer than the longest action.
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": REAPI_MAX_ACTION_TIMEOUT + 1800}
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport, made safe for several workers (workers/fs_broker.py).
+    CELERY_BROKER_TRANSPORT = "workers.fs_broker:Transport"
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)

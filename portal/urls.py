@@ -8,5 +8,6 @@ urlpatterns = [
     path("admin/login/", views.admin_login),
     path("admin/", admin.site.urls),
     path("api/v1/", include("portal.api_urls")),
+    path("workers/", include("workers.urls")),
     path("", include("portal.web_urls")),
 ]

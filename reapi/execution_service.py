@@ -5,6 +5,7 @@ changes; a client that reconnects with WaitExecution follows the same operation 
 The core lives in workers/ (scheduler, operations, watch), free of gRPC.
 """
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -21,21 +22,25 @@ from workers.models import Operation
 # An idle stream gets the unchanged operation again this often, so proxies and clients that
 # watch for silence keep it open during a long action.
 KEEPALIVE_SECONDS = 30.0
+CHECK_SECONDS = 1.0
 
 
 def follow(op: Operation, instance: str, context: grpc.ServicerContext) -> Iterator[operations_pb2.Operation]:
     """Yield the operation now and on every change, until it is done or the client leaves."""
-    sent = -1
+    sent_version, sent_at = -1, 0.0
     while True:
         op.refresh_from_db()
-        if op.version != sent:
-            sent = op.version
+        if op.version != sent_version or time.monotonic() - sent_at >= KEEPALIVE_SECONDS:
+            sent_version, sent_at = op.version, time.monotonic()
             yield operations.to_proto(op, instance)
-        elif not op.done:
-            yield operations.to_proto(op, instance)  # keepalive
-        if op.done or not context.is_active():
+        if op.done:
             return
-        watch.wait(op.pk, op.version, KEEPALIVE_SECONDS)
+        # Short waits, so a stream whose client left (or a server stopping) ends promptly.
+        while not watch.wait(op.pk, op.version, CHECK_SECONDS):
+            if not context.is_active():
+                return
+            if time.monotonic() - sent_at >= KEEPALIVE_SECONDS:
+                break
 
 
 class ExecutionService(re_grpc.ExecutionServicer):

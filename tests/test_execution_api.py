@@ -39,7 +39,7 @@ from tests.servers import ReapiServer
 from tests.tenants import Persona
 from workers.models import Operation
 
-CANCELLED, DEADLINE_EXCEEDED = 1, 4
+CANCELLED, DEADLINE_EXCEEDED, INTERNAL = 1, 4, 13
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +364,22 @@ def test_execute_needs_the_execute_scope(server: ReapiServer, acme: Persona) -> 
         caps = cache_only.get_capabilities()
         assert caps.execution_capabilities.exec_enabled is False
         assert Client(channel, acme.pat()).get_capabilities().execution_capabilities.exec_enabled is True
+
+
+def test_an_action_that_kills_its_worker_is_not_delivered_forever(
+    client: Client, worker: WorkerProcess
+) -> None:
+    # Two arm64 workers allowed one delivery each: the first dies running the action, and the
+    # action fails instead of going round again (a poison action cannot loop).
+    env = {**EXEC_ENV, "REAPI_MAX_DELIVERIES": "1"}
+    action = ActionSpec(["/bin/sh", "-c", "kill -9 $PPID; sleep 5"], platform={"Arch": "arm64"}).upload(
+        client
+    )
+    with (
+        WorkerProcess("external", "arm64", env, 1) as first,
+        WorkerProcess("external", "arm64", env, 1) as second,
+    ):
+        reply = response(execute(client, action)[-1])
+        assert reply.status.code == INTERNAL, reply.status
+        assert "not trying again" in reply.status.message
+        assert [w.proc.poll() is None for w in (first, second) if w.proc].count(True) == 1

@@ -121,7 +121,9 @@ def _execute_in(
     env = {v.name: v.value for v in command.environment_variables}
     stdout, stderr = base / "stdout", base / "stderr"
     _stamp(meta.execution_start_timestamp)
-    outcome = process.run(list(command.arguments), workdir, env, stdout, stderr, timeout, cancelled)
+    outcome = process.run(
+        list(command.arguments), workdir, env, stdout, stderr, timeout, cancelled, base / "pgid"
+    )
     _stamp(meta.execution_completed_timestamp)
     if outcome.how == process.CANCELLED:
         return operations.cancelled_response()

@@ -14,6 +14,26 @@ QUEUED = 2
 EXECUTING = 3
 COMPLETED = 4
 STAGE_NAMES = {QUEUED: "queued", EXECUTING: "executing", COMPLETED: "completed"}
+# google.rpc.Code names, for people reading ExecuteResponse.status codes.
+STATUS_NAMES = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
 
 
 class Operation(models.Model):
@@ -68,6 +88,10 @@ class Operation(models.Model):
     def stage_name(self) -> str:
         return STAGE_NAMES.get(self.stage, str(self.stage))
 
+    @property
+    def status_name(self) -> str:
+        return STATUS_NAMES.get(self.status_code, str(self.status_code))
+
 
 class Worker(models.Model):
     """A `manage.py worker` process, as its heartbeats describe it."""
@@ -80,7 +104,9 @@ class Worker(models.Model):
     concurrency = models.PositiveIntegerField(default=1)
     running = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
-    last_seen_at = models.DateTimeField(default=timezone.now, db_index=True)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    # Three missed heartbeats after the last one, by the worker's own heartbeat interval.
+    offline_after = models.DateTimeField(default=timezone.now, db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

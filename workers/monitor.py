@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
 from reapi.errors import Internal
-from workers import operations
+from workers import operations, process
 from workers.models import Operation, Worker
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,9 @@ def heartbeat_seconds() -> float:
     return max(settings.REAPI_WORKER_LEASE_SECONDS / 3, 0.5)
 
 
-def online_since() -> datetime:
+def offline_after() -> datetime:
     # Three missed heartbeats and a worker counts as gone.
-    return timezone.now() - timedelta(seconds=heartbeat_seconds() * 3)
+    return timezone.now() + timedelta(seconds=heartbeat_seconds() * 3)
 
 
 class Monitor:
@@ -97,6 +98,7 @@ class Monitor:
                 "running": 0,
                 "started_at": timezone.now(),
                 "last_seen_at": timezone.now(),
+                "offline_after": offline_after(),
                 "stopped_at": None,
             },
         )
@@ -119,6 +121,7 @@ class Monitor:
                 if time.monotonic() >= next_beat:
                     self.beat()
                     self.recover()
+                    self._clean_stale_exec_dirs()
                     next_beat = time.monotonic() + heartbeat_seconds()
             except Exception:
                 log.exception("worker monitor pass failed; retrying")
@@ -144,7 +147,7 @@ class Monitor:
         if running:
             operations.renew(running, self.identity.name)
         Worker.objects.filter(name=self.identity.name).update(
-            last_seen_at=timezone.now(), running=len(running), stopped_at=None
+            last_seen_at=timezone.now(), offline_after=offline_after(), running=len(running), stopped_at=None
         )
 
     def recover(self) -> None:
@@ -166,13 +169,17 @@ class Monitor:
                     log.exception("redelivering operation %s failed", op.name)
 
     def _clean_stale_exec_dirs(self) -> None:
-        """Remove directories left by dead workers of this host (a SIGKILL skips clean-up)."""
+        """Kill the commands and remove the directories of dead workers of this host: a
+        SIGKILLed worker leaves both behind (each command runs in a session of its own)."""
         root = settings.REAPI_EXEC_DIR
         os.makedirs(root, exist_ok=True)
         prefix = f"{self.identity.hostname}-"
         for entry in os.scandir(root):
             pid = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
             if pid.isdigit() and not _alive(int(pid)):
+                for group_file in Path(entry.path).glob("*/pgid"):
+                    process.kill_left_behind(group_file)
+                log.warning("removing what dead worker %s left in %s", pid, entry.path)
                 _force_rmtree(entry.path)
 
 

@@ -32,11 +32,13 @@ def run(
     stderr: Path,
     timeout: float,
     cancelled: threading.Event,
+    group_file: Path | None = None,
 ) -> Outcome:
     """Run `argv` to completion, deadline or cancellation; every process it left is killed.
 
     The command gets a session (and so a process group) of its own, so a kill reaches the
-    shell and everything it started, not only the first process.
+    shell and everything it started, not only the first process. Its group id goes to
+    `group_file`, so a worker that finds this one dead can kill what it left running.
     """
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         try:
@@ -54,6 +56,8 @@ def run(
             # Like a shell: 127 when the program is missing, 126 when it cannot run.
             err.write(f"cannot run {argv[0]!r}: {exc.strerror}\n".encode())
             return Outcome(127 if isinstance(exc, FileNotFoundError) else 126, OK)
+    if group_file is not None:
+        group_file.write_text(str(proc.pid))
     how = _wait(proc, time.monotonic() + timeout, cancelled)
     _kill_group(proc.pid)
     code = proc.wait()
@@ -76,6 +80,16 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float, cancelled: threading.E
                 return CANCELLED
     finally:
         os.close(pidfd)
+
+
+def kill_left_behind(group_file: Path) -> None:
+    """Kill the process group recorded by a run whose worker died before it could."""
+    try:
+        pgid = int(group_file.read_text())
+    except (OSError, ValueError):
+        return
+    if pgid > 1:
+        _kill_group(pgid)
 
 
 def _kill_group(pgid: int) -> None:
