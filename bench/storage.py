@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
@@ -36,6 +37,7 @@ import workloads  # noqa: E402
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
+from tests.databases import fresh_postgres_database  # noqa: E402
 from tests.seaweed import SeaweedS3  # noqa: E402
 
 FIND_MISSING_TARGET_MS = 60.0
@@ -183,6 +185,15 @@ def servers_fmt(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
+def drop_postgres_database(server_url: str, database_url: str) -> None:
+    import psycopg
+
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = urlunsplit(urlsplit(server_url)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -190,6 +201,13 @@ def main() -> int:
     parser.add_argument("--only", default="file,s3", help="storages to measure (default file,s3)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--keep", action="store_true", help="keep the throw-away data directory")
+    parser.add_argument(
+        "--postgres",
+        metavar="SERVER_URL",
+        nargs="?",
+        const="postgres://postgres@127.0.0.1:5432/postgres",
+        help="a throw-away database on this PostgreSQL server instead of SQLite",
+    )
     args = parser.parse_args()
     storages = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(storages) - {"file", "s3"}
@@ -200,8 +218,13 @@ def main() -> int:
     workdir = servers.workdir()
     log(f"storage bench: data in {workdir}; {os.cpu_count()} cores")
     columns: dict[str, list[dict]] = {}
+    database = ""
     try:
         ours = servers.Ours(workdir)
+        if args.postgres:
+            database = fresh_postgres_database(args.postgres)
+            ours.env["DATABASE_URL"] = database
+            log(f"database: {database}")
         ours.prepare()
         for storage in storages:
             env = dict(ours.env)
@@ -215,6 +238,8 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+            if database:
+                drop_postgres_database(args.postgres, database)
 
     log("")
     log(table(columns))

@@ -130,6 +130,22 @@ def test_a_blob_lost_from_the_bucket_is_reported_missing_not_served(
     assert peer.read(digest(plain)) == plain
 
 
+def test_a_blob_reported_present_is_touched_first_so_eviction_cannot_take_it(
+    cluster: S3Cluster, acme: Persona
+) -> None:
+    writer, _ = clients(cluster, acme)
+    blob = os.urandom(1000)
+    writer.upload(blob)
+    key = f"{acme.slug}/cas/{digest(blob).hash[:2]}/{digest(blob).hash}"
+    rows = Blob.objects.filter(store=cluster.store.store_id, key=key)
+    rows.update(touched_at=time.time() - 5 * 3600)  # last used five hours ago
+
+    assert cluster.store.stat_many([key]) != {}  # as a FindMissingBlobs would ask
+    assert rows.get().touched_at > time.time() - 60
+    freed = cluster.store.evict([key], untouched_since=time.time() - 3 * 3600)
+    assert freed == 0 and key in cluster.object_keys(acme.slug)
+
+
 def test_reconcile_makes_the_index_match_the_bucket(cluster: S3Cluster, acme: Persona) -> None:
     writer, _ = clients(cluster, acme)
     kept, lost = os.urandom(500), os.urandom(500)
