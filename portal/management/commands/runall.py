@@ -72,8 +72,20 @@ class Command(BaseCommand):
                 self.stderr.write(f"{name} exited with {code}")
 
     def worker_commands(self, manage: list[str]) -> dict[str, list[str]]:
-        """Hook for the execution workers (one per cluster and pool)."""
-        return {}
+        """One execution worker per cluster, on the cluster's default (first) pool."""
+        from workers import pools
+
+        return {
+            f"worker-{cluster}": [
+                *manage,
+                "worker",
+                "--cluster",
+                cluster,
+                "--pool",
+                pools.configured(cluster)[0].name,
+            ]
+            for cluster in settings.CLUSTERS
+        }
 
     def print_welcome(self, portal: str) -> None:
         login = self.bootstrap_admin()
