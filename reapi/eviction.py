@@ -27,6 +27,11 @@ from reapi.presence import EVICTION_GRACE_SECONDS
 
 log = logging.getLogger(__name__)
 
+# Reconciling an index lists the whole bucket prefix (1,000 keys a request): at most this often
+# per storage and worker process.
+RECONCILE_SECONDS = 3600.0
+_reconciled_at: dict[str, float] = {}
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -49,17 +54,17 @@ def evict_all(now: float | None = None) -> list[Outcome]:
     close_old_connections()
     now = time.time() if now is None else now
     outcomes = []
-    reconciled: set[str] = set()
     for quota in TenantQuota.objects.select_related("tenant").order_by("cluster", "tenant__slug"):
         backend = clusters.backend(quota.storage_alias)
         reconcile = getattr(backend.store, "reconcile", None)
-        if reconcile is not None and quota.storage_alias not in reconciled:
+        alias = quota.storage_alias
+        if reconcile is not None and time.time() - _reconciled_at.get(alias, 0.0) > RECONCILE_SECONDS:
             # Indexed stores (S3): first make the index match the bucket, so the
             # measurement below counts what is really there.
             added, dropped = reconcile()
             if added or dropped:
                 log.info("%r: index reconciled, %d added, %d dropped", backend.store, added, dropped)
-            reconciled.add(quota.storage_alias)
+            _reconciled_at[alias] = time.time()
         outcome = evict_tenant(backend.store, quota, now)
         outcomes.append(outcome)
         if outcome.evicted_blobs or outcome.over_hard_limit:

@@ -173,11 +173,16 @@ class S3BlobStore:
             Blob.objects.filter(store=self.store_id, key__in=keys[i : i + IN_CHUNK]).update(touched_at=now)
 
     def _index(self, items: list[tuple[str, int]], now: float) -> None:
-        close_old_connections()
+        # CAS blobs only: presence and eviction are about them. An action-cache entry is read
+        # with one GET whether or not it exists, and a missing one is an ordinary miss.
         rows = [
             Blob(store=self.store_id, key=key, tenant=key.split("/", 1)[0], size=size, touched_at=now)
             for key, size in items
+            if _is_cas(key)
         ]
+        if not rows:
+            return
+        close_old_connections()
         Blob.objects.bulk_create(
             rows,
             update_conflicts=True,
@@ -185,13 +190,16 @@ class S3BlobStore:
             update_fields=["size", "touched_at"],
         )
 
-    def _unindex(self, key: str) -> None:
+    def _unindex(self, key: str) -> int:
+        if not _is_cas(key):
+            return 0
         close_old_connections()
-        Blob.objects.filter(store=self.store_id, key=key).delete()
+        deleted, _ = Blob.objects.filter(store=self.store_id, key=key).delete()
+        return deleted
 
     def _lost(self, key: str) -> None:
-        log.warning("%r: %s is in the index but not in the bucket; dropped from the index", self, key)
-        self._unindex(key)
+        if self._unindex(key):
+            log.warning("%r: %s was in the index but not in the bucket; dropped from the index", self, key)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -223,7 +231,7 @@ class S3BlobStore:
 
     def _put_object(self, key: str, data: bytes) -> None:
         extra: dict[str, Any] = {}
-        if "/cas/" in key:
+        if _is_cas(key):
             # S3 recomputes the SHA-256 on arrival and refuses a mismatch: the digest we
             # verified is the digest stored, whatever happened on the wire.
             extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(key.rsplit("/", 1)[1])).decode()
@@ -320,7 +328,7 @@ class S3BlobStore:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(prefix) :]
-                if "/cas/" in key or "/ac/" in key:
+                if _is_cas(key):
                     listed[key] = (obj["Size"], obj["LastModified"].timestamp())
         indexed = dict(Blob.objects.filter(store=self.store_id).values_list("key", "touched_at"))
         stale = [key for key, touched in indexed.items() if key not in listed and touched < started]
@@ -335,6 +343,10 @@ class S3BlobStore:
         ]
         Blob.objects.bulk_create(new, ignore_conflicts=True, batch_size=IN_CHUNK)
         return len(new), len(stale)
+
+
+def _is_cas(key: str) -> bool:
+    return "/cas/" in key
 
 
 def _is_missing(exc: ClientError) -> bool:
