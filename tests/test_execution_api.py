@@ -35,7 +35,7 @@ from tests.execution_fixtures import (
     wait_for,
 )
 from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
+from tests.servers import ReapiServer, manage
 from tests.tenants import Persona
 from workers.models import Operation
 
@@ -383,3 +383,9 @@ def test_an_action_that_kills_its_worker_is_not_delivered_forever(
         assert reply.status.code == INTERNAL, reply.status
         assert "not trying again" in reply.status.message
         assert [w.proc.poll() is None for w in (first, second) if w.proc].count(True) == 1
+
+
+def test_a_worker_for_an_unconfigured_pool_refuses_to_start() -> None:
+    done = manage("worker", "--cluster", "external", "--pool", "sparc", env=EXEC_ENV, check=False)
+    assert done.returncode != 0
+    assert "no pool 'sparc' on the external cluster (configured: x86-64, arm64)" in done.stderr

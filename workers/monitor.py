@@ -209,14 +209,21 @@ def _force_rmtree(path: str) -> None:
 
 
 _current: Monitor | None = None
+_install_lock = threading.Lock()
 
 
-def current() -> Monitor:
-    """This process's monitor (set by `manage.py worker`; a default one elsewhere)."""
+def current(queue: str, concurrency: int = 1) -> Monitor:
+    """This process's monitor: the one `manage.py worker` installed, or, in a Celery worker
+    started some other way, one for the queue the task came from, started on first use (so
+    leases, heartbeats and cancellation work there too)."""
     global _current
-    if _current is None:
-        _current = Monitor(Identity("external", "x86-64", socket.gethostname(), os.getpid()), 1)
-    return _current
+    with _install_lock:
+        if _current is None:
+            _, cluster, pool = queue.split(".", 2) if queue.count(".") >= 2 else ("", "?", "?")
+            monitor = Monitor(Identity(cluster, pool, socket.gethostname(), os.getpid()), concurrency)
+            monitor.start()
+            _current = monitor
+        return _current
 
 
 def install(monitor: Monitor) -> None:
