@@ -1,7 +1,7 @@
 """Remote-execution overhead (issue 5): Execute to COMPLETED for a trivial action, and the
 throughput of many trivial actions on two workers, on Redis, on this machine.
 
-    .venv/bin/python bench/execution.py [--broker redis|filesystem] [--database-url URL]
+    .venv/bin/python bench/execution.py [--broker redis|filesystem|amqp] [--database-url URL]
                                         [--runs 200] [--actions 200] [--clients 32] [--keep]
 
 Starts, in a throw-away directory: a migrated database (SQLite there, or a fresh database on the
@@ -50,6 +50,7 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 TARGETS = {"overhead p50": (100.0, False), "overhead p95": (300.0, False), "throughput": (20.0, True)}
 
 
@@ -85,6 +86,8 @@ class Rig:
         if broker == "redis":
             redis.Redis.from_url(REDIS_URL).flushdb()
             self.env["CELERY_BROKER_URL"] = REDIS_URL
+        elif broker == "amqp":
+            self.env["CELERY_BROKER_URL"] = AMQP_URL
         else:
             self.env.pop("CELERY_BROKER_URL", None)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -329,7 +332,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--broker", choices=("redis", "filesystem"), default="redis")
+    parser.add_argument("--broker", choices=("redis", "filesystem", "amqp"), default="redis")
     parser.add_argument("--database-url", help="a PostgreSQL server URL; a fresh database is created there")
     parser.add_argument("--runs", type=int, default=200, help="sequential Executes for the overhead")
     parser.add_argument("--actions", type=int, default=200, help="actions for the throughput")

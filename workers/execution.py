@@ -22,7 +22,7 @@ from reapi.errors import Internal, InvalidArgument, ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from workers import inputs, operations, outputs, process
 from workers.models import Operation
-from workers.monitor import Identity, Monitor, _force_rmtree
+from workers.monitor import Identity, Monitor, force_rmtree
 from workers.scheduler import load_action, timeout_of
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def execute(op: Operation, me: Identity, cancelled: threading.Event) -> re_pb2.E
         log.exception("operation %s failed on the worker", op.name)
         return re_pb2.ExecuteResponse(status=operations.status_for(Internal(f"worker error: {exc}")))
     finally:
-        _force_rmtree(str(base))
+        force_rmtree(str(base))
 
 
 def _execute_in(

@@ -180,7 +180,7 @@ class Monitor:
                 for group_file in Path(entry.path).glob("*/pgid"):
                     process.kill_left_behind(group_file)
                 log.warning("removing what dead worker %s left in %s", pid, entry.path)
-                _force_rmtree(entry.path)
+                force_rmtree(entry.path)
 
 
 def _alive(pid: int) -> bool:
@@ -193,7 +193,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _force_rmtree(path: str) -> None:
+def force_rmtree(path: str) -> None:
     """rmtree that also gets through directories an action made read-only."""
 
     def make_writable(func, p, _exc):  # type: ignore[no-untyped-def]
