@@ -38,9 +38,9 @@ test-postgres: venv
 	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
 	  $(PY) -m pytest -m "not bazel and not browser" $(PYTEST_ARGS)
 
-# The REAPI tests and the Bazel round trip again, with both clusters' storage on S3 (SeaweedFS).
+# The REAPI tests, the Bazel round trip and remote execution again, with both clusters' storage on S3 (SeaweedFS).
 test-s3: venv
-	TEST_STORAGE=s3 $(PY) -m pytest tests/test_reapi_*.py tests/test_cache_bazel.py $(PYTEST_ARGS)
+	TEST_STORAGE=s3 $(PY) -m pytest tests/test_reapi_*.py tests/test_cache_bazel.py tests/test_execution_api.py $(PYTEST_ARGS)
 
 check: venv
 	$(VENV)/bin/ruff check .
