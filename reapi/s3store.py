@@ -127,15 +127,28 @@ class S3BlobStore:
         return int(reply["ContentLength"])
 
     def _select(self, keys: list[str]) -> list[tuple[str, int, float]]:
-        sql = f"SELECT key, size, touched_at FROM {self._table} WHERE store = %s AND key "
+        t = self._table
         with connection.cursor() as cur:
             if connection.vendor == "postgresql":
-                # One text parameter split by the server: adapting a 10,000-element list as
-                # an array costs the client more than the query (keys never hold a comma).
-                cur.execute(sql + "= ANY(string_to_array(%s, ','))", [self.store_id, ",".join(keys)])
+                # The keys go as one text parameter split by the server (adapting a
+                # 10,000-element list costs the client more than the query; keys hold no
+                # comma), and each is looked up through the unique index: LIMIT 1 in a
+                # lateral subquery keeps the planner from the sequential scan it picks for
+                # `key = ANY(...)`, which grows with the table (90 ms at 200,000 rows, 250 ms
+                # at 1,000,000; this stays at ~25 ms for 10,000 keys).
+                cur.execute(
+                    "SELECT b.key, b.size, b.touched_at FROM unnest(string_to_array(%s, ',')) AS k(key) "
+                    f"CROSS JOIN LATERAL (SELECT key, size, touched_at FROM {t} "
+                    "WHERE store = %s AND key = k.key LIMIT 1) AS b",
+                    [",".join(keys), self.store_id],
+                )
                 return cur.fetchall()
             if connection.vendor == "sqlite":
-                cur.execute(sql + "IN (SELECT value FROM json_each(%s))", [self.store_id, json.dumps(keys)])
+                cur.execute(
+                    f"SELECT b.key, b.size, b.touched_at FROM json_each(%s) AS j "
+                    f"JOIN {t} AS b ON b.store = %s AND b.key = j.value",
+                    [json.dumps(keys), self.store_id],
+                )
                 return cur.fetchall()
         rows: list[tuple[str, int, float]] = []
         for i in range(0, len(keys), IN_CHUNK):
@@ -145,17 +158,20 @@ class S3BlobStore:
         return rows
 
     def _touch_returning(self, keys: list[str], now: float) -> set[str]:
-        sql = f"UPDATE {self._table} SET touched_at = %s WHERE store = %s AND key "
+        t = self._table
         with connection.cursor() as cur:
             if connection.vendor == "postgresql":
                 cur.execute(
-                    sql + "= ANY(string_to_array(%s, ',')) RETURNING key",
-                    [now, self.store_id, ",".join(keys)],
+                    f"UPDATE {t} SET touched_at = %s FROM (SELECT b.id FROM unnest(string_to_array(%s, ',')) "
+                    f"AS k(key) CROSS JOIN LATERAL (SELECT id FROM {t} WHERE store = %s AND key = k.key "
+                    f"LIMIT 1) AS b) AS s WHERE {t}.id = s.id RETURNING {t}.key",
+                    [now, ",".join(keys), self.store_id],
                 )
                 return {row[0] for row in cur.fetchall()}
             if connection.vendor == "sqlite":
                 cur.execute(
-                    sql + "IN (SELECT value FROM json_each(%s)) RETURNING key",
+                    f"UPDATE {t} SET touched_at = %s WHERE store = %s "
+                    "AND key IN (SELECT value FROM json_each(%s)) RETURNING key",
                     [now, self.store_id, json.dumps(keys)],
                 )
                 return {row[0] for row in cur.fetchall()}
