@@ -23,11 +23,6 @@ from tests.storage_helpers import action_with_outputs, within
 from tests.tenants import Persona
 
 HOUR = 3600.0
-# `celery worker` with Django set up before the task modules (which use the ORM) are imported.
-CELERY_WORKER = (
-    "import sys, django; django.setup(); "
-    "from workers.celery_app import app; app.worker_main(['worker', *sys.argv[1:]])"
-)
 
 
 @pytest.fixture
@@ -156,19 +151,14 @@ def test_the_periodic_job_evicts_through_a_real_celery_worker(
         last_used(acme.slug, data, hours)
     quota = quotas.set_quota(acme.tenant, "external", max_bytes=15_000)
 
-    # One worker on the maintenance queue, with beat embedded, on a one-second schedule.
+    # `manage.py maintenance`: the worker on the maintenance queue with beat, every second here.
     log = tmp_path / "celery.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
             [
                 sys.executable,
-                "-c",
-                CELERY_WORKER,
-                "-B",
-                "-Q",
+                str(ROOT / "manage.py"),
                 "maintenance",
-                "--pool=solo",
-                "--loglevel=INFO",
                 f"--schedule={tmp_path / 'beat-schedule'}",
             ],
             cwd=ROOT,

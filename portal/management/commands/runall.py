@@ -52,6 +52,8 @@ class Command(BaseCommand):
             ],
         }
         commands.update(self.worker_commands(manage) if not options["no_workers"] else {})
+        if not options["no_workers"]:
+            commands["maintenance"] = [*manage, "maintenance"]  # periodic jobs: eviction
         children = {name: subprocess.Popen(argv) for name, argv in commands.items()}
         time.sleep(1.5)
         self.print_welcome(options["portal"])
