@@ -134,7 +134,7 @@ REAPI_CREDENTIAL_TTL_SECONDS = envint("REAPI_CREDENTIAL_TTL_SECONDS", 2)
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
 # Eviction (reapi/eviction.py): a periodic Celery job on the `maintenance` queue, scheduled by
-# beat (`celery -A workers.celery_app worker -Q maintenance -B` runs both).
+# beat (`manage.py maintenance` runs both; `make run` starts it).
 REAPI_EVICTION_INTERVAL_SECONDS = envint("REAPI_EVICTION_INTERVAL_SECONDS", 600)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "evict": {
