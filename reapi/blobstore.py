@@ -9,7 +9,10 @@ Django's File wrappers per blob.
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import os
+import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -22,6 +25,20 @@ from reapi.filestorage import atomic_write
 # many names in all (~100 MB), and only from directories unchanged for RACY_NS before listing.
 MAX_LISTED_NAMES = 1_000_000
 RACY_NS = 100_000_000
+READ_BLOCK = 1024 * 1024
+# Spool names: unique across processes (pid and random part, new in a forked child such as
+# a Celery worker) and within one (a counter).
+_TMP_PREFIX = ""
+_tmp_numbers = itertools.count()
+
+
+def _new_tmp_prefix() -> None:
+    global _TMP_PREFIX
+    _TMP_PREFIX = f"{os.getpid()}-{secrets.token_hex(4)}-"
+
+
+_new_tmp_prefix()
+os.register_at_fork(after_in_child=_new_tmp_prefix)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -39,6 +56,50 @@ def syncfs(path: Path) -> None:
             raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
+
+
+class GroupSync:
+    """syncfs shared by concurrent writers (group commit).
+
+    A caller needs a syncfs that began after its own writes: it waits for the next one to
+    start, and every caller that arrives while one runs shares the one after it. Eight
+    concurrent batches then cost two or three flushes of the disk, not eight.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._started = 0
+        self._done = 0
+        self._running = False
+        self._failed_at = 0
+        self._failure: OSError | None = None
+
+    def sync(self) -> None:
+        with self._cond:
+            target = self._started + 1
+            while self._done < target:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                generation = self._started
+                self._cond.release()
+                failure = None
+                try:
+                    syncfs(self.path)
+                except OSError as exc:
+                    failure = exc
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._done = generation
+                    if failure is not None:
+                        self._failed_at, self._failure = generation, failure
+                    self._cond.notify_all()
+            if self._failure is not None and self._failed_at >= target:
+                raise OSError(self._failure.errno, f"syncfs failed: {self._failure.strerror}")
 
 
 class BlobStore(Protocol):
@@ -65,16 +126,25 @@ class FileBlobStore:
         # Directory -> (mtime_ns, names): see _listing.
         self._listings: dict[str, tuple[int, frozenset[str]]] = {}
         self._listed_names = 0
+        self._sync = GroupSync(root)
 
-    def _root_fd(self) -> int:
-        """A descriptor of the root, so a stat walks the key's 4 segments and not the root's too
-        (FindMissingBlobs stats every digest this process has not seen: 2 µs each instead of 4)."""
+    def _root_fd(self, check: bool = False) -> int:
+        """A descriptor of the root, so a lookup walks the key's 4 segments and not the root's
+        too (FindMissingBlobs stats every digest this process has not seen: 2 µs each, not 4).
+
+        `check`: make sure the root was not removed and made again (batches do, once; single
+        lookups only after a miss, see _retry_root).
+        """
         fd = self._fd
-        if fd is None or os.fstat(fd).st_nlink == 0:
-            # First use, or the root was removed and made again: look it up afresh. A
-            # replaced descriptor is left open; another thread may still be using it.
+        if fd is None or (check and os.fstat(fd).st_nlink == 0):
+            # A replaced descriptor is left open: another thread may still be using it.
             fd = self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         return fd
+
+    def _retry_root(self, fd: int) -> int | None:
+        """After a miss through `fd`: a fresh descriptor if the root was replaced, else None."""
+        fresh = self._root_fd(check=True)
+        return fresh if fresh != fd else None
 
     def __repr__(self) -> str:
         return f"FileBlobStore({self.root})"
@@ -84,11 +154,15 @@ class FileBlobStore:
 
     def stat(self, key: str) -> tuple[int, float] | None:
         """(size, last touched) of a blob, or None when it is absent."""
-        try:
-            st = os.stat(key, dir_fd=self._root_fd())
-        except FileNotFoundError:
-            return None
-        return st.st_size, max(st.st_atime, st.st_mtime)
+        fd: int | None = self._root_fd()
+        while fd is not None:
+            try:
+                st = os.stat(key, dir_fd=fd)
+            except FileNotFoundError:
+                fd = self._retry_root(fd)
+                continue
+            return st.st_size, max(st.st_atime, st.st_mtime)
+        return None
 
     def stat_many(self, keys: list[str], verify: bool = False) -> dict[str, tuple[int, float]]:
         """(size, last touched) of each key present; absent keys are left out.
@@ -98,7 +172,7 @@ class FileBlobStore:
         up a name never seen costs ~4 µs on ext4, reading a listing ~0.15 µs per entry.
         """
         found = {}
-        fd = self._root_fd()
+        fd = self._root_fd(check=True)
         by_dir: dict[str, list[str]] = {}
         for key in keys:
             directory, _, name = key.rpartition("/")
@@ -158,11 +232,25 @@ class FileBlobStore:
                 os.utime(self._path(key))
 
     def get(self, key: str) -> bytes | None:
+        # Plain descriptor calls: open()'s file object costs 9 system calls for a small blob
+        # (two fstat, two lseek, an ioctl), these 4, and each one lets go of the GIL, which
+        # 8 concurrent BatchReadBlobs of 100 blobs then fight over.
+        root: int | None = self._root_fd()
+        while True:
+            if root is None:
+                return None
+            try:
+                fd = os.open(key, os.O_RDONLY | os.O_CLOEXEC, dir_fd=root)
+                break
+            except FileNotFoundError:
+                root = self._retry_root(root)
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+            chunks = []
+            while chunk := os.read(fd, READ_BLOCK):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def open(self, key: str) -> BinaryIO | None:
         try:
@@ -174,27 +262,41 @@ class FileBlobStore:
         atomic_write(Path(self._path(key)), [data], self.tmp)
 
     def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Publish small blobs: each staged in the spool, one shared syncfs, then renamed.
+
+        Descriptor calls and counter names: open() and uuid4 cost 6 system calls a blob more,
+        each letting go of the GIL that concurrent batches share.
+        """
         if len(items) == 1:
             self.put(*items[0])
             return
+        root = self._root_fd(check=True)
         staged: list[tuple[str, str]] = []
         try:
             for key, data in items:
-                tmp = os.path.join(self.tmp, f"{uuid.uuid4().hex}.tmp")
-                with open(tmp, "wb") as out:
-                    out.write(data)
-                staged.append((tmp, self._path(key)))
-            syncfs(self.root)
-            for tmp, final in staged:
+                tmp = f".tmp/{_TMP_PREFIX}{next(_tmp_numbers)}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=root)
+                staged.append((tmp, key))
                 try:
-                    os.replace(tmp, final)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+            self._sync.sync()
+            while staged:
+                tmp, key = staged[-1]
+                try:
+                    os.rename(tmp, key, src_dir_fd=root, dst_dir_fd=root)
                 except FileNotFoundError:
-                    os.makedirs(os.path.dirname(final), exist_ok=True)
-                    os.replace(tmp, final)
+                    os.makedirs(os.path.dirname(self._path(key)), exist_ok=True)
+                    os.rename(tmp, key, src_dir_fd=root, dst_dir_fd=root)
+                staged.pop()
         finally:
+            # After a failure: whatever is still in the spool goes.
             for tmp, _ in staged:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=root)
 
     def spool_dir(self) -> Path:
         return self.tmp
