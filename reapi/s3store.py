@@ -96,7 +96,7 @@ class S3BlobStore:
         """
         if not keys:
             return {}
-        close_old_connections()
+        _checked_connection()
         now = time.time()
         rows = self._select(keys)
         found = {key: (size, touched) for key, size, touched in rows}
@@ -182,7 +182,7 @@ class S3BlobStore:
         return [key for key, _size, _touched in self._select(keys)]
 
     def touch(self, keys: Iterable[str]) -> None:
-        close_old_connections()
+        _checked_connection()
         now = time.time()
         keys = list(keys)
         for i in range(0, len(keys), IN_CHUNK):
@@ -198,7 +198,7 @@ class S3BlobStore:
         ]
         if not rows:
             return
-        close_old_connections()
+        _checked_connection()
         Blob.objects.bulk_create(
             rows,
             update_conflicts=True,
@@ -209,7 +209,7 @@ class S3BlobStore:
     def _unindex(self, key: str) -> int:
         if not _is_cas(key):
             return 0
-        close_old_connections()
+        _checked_connection()
         deleted, _ = Blob.objects.filter(store=self.store_id, key=key).delete()
         return deleted
 
@@ -291,7 +291,7 @@ class S3BlobStore:
 
     def entries(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         """(key, size, last touched) of every indexed object under `prefix`."""
-        close_old_connections()
+        _checked_connection()
         tenant = prefix.split("/", 1)[0]
         rows = Blob.objects.filter(store=self.store_id, tenant=tenant, key__startswith=prefix)
         yield from rows.values_list("key", "size", "touched_at").iterator(chunk_size=5000)
@@ -302,7 +302,7 @@ class S3BlobStore:
         The condition is checked by the database as it deletes the rows, so a blob touched
         since the eviction job listed it (stat_many touches before it answers) stays.
         """
-        close_old_connections()
+        _checked_connection()
         freed = 0
         gone: list[str] = []
         for i in range(0, len(keys), DELETE_BATCH):
@@ -337,7 +337,7 @@ class S3BlobStore:
         Rows touched after the listing began are left alone: their objects may be newer than
         the listing.
         """
-        close_old_connections()
+        _checked_connection()
         started = time.time()
         listed: dict[str, tuple[int, float]] = {}
         prefix = f"{self.location}/" if self.location else ""
@@ -359,6 +359,14 @@ class S3BlobStore:
         ]
         Blob.objects.bulk_create(new, ignore_conflicts=True, batch_size=IN_CHUNK)
         return len(new), len(stale)
+
+
+def _checked_connection() -> None:
+    """Drop this thread's database connection if it broke or aged out (gRPC handler threads
+    live long and Django's request signals never run there), but never inside a transaction
+    a caller opened."""
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def _is_cas(key: str) -> bool:
