@@ -203,7 +203,8 @@ def purge_token(token_id: int, settle_seconds: float = PURGE_SETTLE_SECONDS) -> 
         # first pass; a minute's margin covers clocks between servers.
         delete_entries(timedelta(minutes=1))
     # Rows rewritten by another token since the first pass are not this token's any more.
-    ActionProvenance.objects.filter(id__in=ids, token_id=token_id).delete()
+    for i in range(0, len(ids), BATCH_LIMIT):
+        ActionProvenance.objects.filter(id__in=ids[i : i + BATCH_LIMIT], token_id=token_id).delete()
     if token is not None:
         audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids))
     return len(ids)
