@@ -7,6 +7,7 @@ Starts the portal on :8000, the external REAPI cluster on :8980 and the internal
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,24 @@ from django.core.management.base import BaseCommand, CommandParser
 
 def _hostport(url: str) -> str:
     return url.split("://", 1)[-1].rstrip("/")
+
+
+def wait_for_ports(
+    endpoints: list[str], children: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> bool:
+    """True once every HOST:PORT accepts connections; False if a child died first."""
+    deadline = time.monotonic() + timeout
+    pending = list(endpoints)
+    while pending and time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children.values()):
+            return False
+        host, _, port = pending[0].rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+                pending.pop(0)
+        except OSError:
+            time.sleep(0.2)
+    return not pending
 
 
 class Command(BaseCommand):
@@ -55,8 +74,15 @@ class Command(BaseCommand):
         if not options["no_workers"]:
             commands["maintenance"] = [*manage, "maintenance"]  # periodic jobs: eviction
         children = {name: subprocess.Popen(argv) for name, argv in commands.items()}
-        time.sleep(1.5)
-        self.print_welcome(options["portal"])
+        endpoints = [
+            options["portal"],
+            _hostport(settings.REAPI_URLS["external"]),
+            _hostport(settings.REAPI_URLS["internal"]),
+        ]
+        if wait_for_ports(endpoints, children, timeout=60):
+            # Let the workers print their banners first, so the welcome is the last thing shown.
+            time.sleep(3)
+            self.print_welcome(options["portal"])
 
         def stop(signum: int, _frame: object) -> None:
             for child in children.values():

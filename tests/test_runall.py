@@ -1,0 +1,70 @@
+"""`make run`'s command: every part of the service starts, serves, and stops together."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.servers import ROOT, free_port
+
+
+def test_runall_serves_the_portal_and_both_clusters_then_stops_cleanly() -> None:
+    portal, external, internal = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "REAPI_EXTERNAL_URL": f"grpc://127.0.0.1:{external}",
+        "REAPI_INTERNAL_URL": f"grpc://127.0.0.1:{internal}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runall", "--portal", f"127.0.0.1:{portal}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Stop everything" in line:
+                break
+        text = "".join(lines)
+        assert f"http://127.0.0.1:{portal}/" in text, text
+        assert f"grpc://127.0.0.1:{external}" in text and "token issue" in text, text
+        assert "remote_cache" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{portal}/login/", timeout=10) as reply:
+            assert reply.status == 200
+        for port in (external, internal):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        workers = [line for line in lines if line.startswith("worker ")]
+        assert any("external" in w for w in workers) and any("internal" in w for w in workers), text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    # Every child went with it: nothing listens any more.
+    for port in (portal, external, internal):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            try:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                raise AssertionError(f"port {port} still serves after runall stopped")
+            except grpc.RpcError as err:
+                assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
