@@ -103,12 +103,13 @@ def settled_request_count(s3: SeaweedS3) -> int:
     """The bucket's request counter once it stops moving (SeaweedFS counts a request as it
     finishes, so the last uploads may land just after their replies)."""
     count = s3.request_count()
-    while True:
+    for _ in range(30):
         time.sleep(0.3)
         again = s3.request_count()
         if again == count:
             return count
         count = again
+    raise AssertionError("SeaweedFS's request counter kept moving: something else uses the bucket")
 
 
 def test_a_blob_lost_from_the_bucket_is_reported_missing_not_served(
