@@ -9,6 +9,7 @@ from concurrent import futures
 
 import grpc
 from django.conf import settings
+from django.core.files.storage import storages
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from reapi import usage
@@ -17,6 +18,7 @@ from reapi.bytestream_service import ByteStreamService
 from reapi.capabilities_service import CapabilitiesService
 from reapi.cas_service import CasService
 from reapi.execution_service import ExecutionService
+from reapi.filestorage import BlobFileSystemStorage
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
@@ -48,7 +50,7 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"reapi-{cluster}"),
-        interceptors=[AuthInterceptor()],
+        interceptors=[AuthInterceptor(quick_pool=_quick_pool(cluster))],
         options=options,
         maximum_concurrent_rpcs=threads * 8,
     )
@@ -64,6 +66,16 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _bind(server, listen)
     return server, port
+
+
+def _quick_pool(cluster: str) -> futures.ThreadPoolExecutor | None:
+    """A few threads of their own for short reads of local storage (grpc_edge.QUICK_METHODS),
+    when every store this server can use is a local filesystem: against S3 those calls wait
+    on the network and want the main pool's many threads."""
+    if not all(isinstance(storages[f"reapi-{c}"], BlobFileSystemStorage) for c in settings.CLUSTERS):
+        return None
+    workers = max(4, 2 * (os.cpu_count() or 1))
+    return futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"reapi-{cluster}-quick")
 
 
 def _bind(server: grpc.Server, listen: str) -> int:
