@@ -73,18 +73,24 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
     ) -> re_pb2.BatchUpdateBlobsResponse:
         tenant, backend = self._call(request.instance_name, request.digest_function)
         items: list[tuple[Digest | ReapiError, bytes]] = []
+        sent = []
         for r in request.requests:
+            # Each read of a bytes or message field makes a new object: read each once.
+            sent.append(d := r.digest)
             if r.compressor != re_pb2.Compressor.IDENTITY:
                 items.append((InvalidArgument("batch compressors are not supported; send identity"), b""))
             else:
-                items.append((digest_or_error(r.digest), r.data))
+                items.append((digest_or_error(d), r.data))
         results = backend.cas.batch_update(tenant, items)
-        stored = sum(len(r.data) for r, err in zip(request.requests, results, strict=True) if err is None)
+        stored = sum(len(data) for (_, data), err in zip(items, results, strict=True) if err is None)
         usage.add(principal().tenant_id, self.cluster, usage.STORED, stored)
+        ok = rpc_status(None)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
-                re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=rpc_status(err))
-                for r, err in zip(request.requests, results, strict=True)
+                re_pb2.BatchUpdateBlobsResponse.Response(
+                    digest=d, status=ok if err is None else rpc_status(err)
+                )
+                for d, err in zip(sent, results, strict=True)
             ]
         )
 
@@ -93,17 +99,17 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         self, request: re_pb2.BatchReadBlobsRequest, context: grpc.ServicerContext
     ) -> re_pb2.BatchReadBlobsResponse:
         tenant, backend = self._call(request.instance_name, request.digest_function)
-        results = backend.cas.batch_read(tenant, [digest_or_error(d) for d in request.digests])
+        wanted = list(request.digests)
+        results = backend.cas.batch_read(tenant, [digest_or_error(d) for d in wanted])
         responses = []
         served = 0
-        for d, result in zip(request.digests, results, strict=True):
+        ok = rpc_status(None)
+        for d, result in zip(wanted, results, strict=True):
             if isinstance(result, ReapiError):
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, status=rpc_status(result)))
             else:
                 served += len(result)
-                responses.append(
-                    re_pb2.BatchReadBlobsResponse.Response(digest=d, data=result, status=rpc_status(None))
-                )
+                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, data=result, status=ok))
         usage.add(principal().tenant_id, self.cluster, usage.SERVED, served)
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
