@@ -5,7 +5,7 @@
 Starts each server on a free loopback port in a throw-away directory, runs the workloads of
 bench/workloads.py against it from client threads in this process, stops it, and prints one
 table: our figures per process count, BuildGrid's, the speed-up, the target and pass/fail.
-The results also go to bench/results/<time>.json. Exits 1 when BuildGrid could not be
+The results also go to bench/results/reapi-<time>.json. Exits 1 when BuildGrid could not be
 measured or a target was missed.
 """
 
@@ -62,6 +62,13 @@ def measure_ours(
     return columns
 
 
+def measure_bare(workdir: Path, quick: bool) -> list[dict]:
+    with servers.bare(workdir) as running:
+        log(f"bare grpcio (dicts, no auth, no storage): serving on {running.address}")
+        results = workloads.run_all(workloads.Target(running.address), quick, log)
+    return [as_dict(r) for r in results]
+
+
 def measure_buildgrid(workdir: Path, quick: bool) -> tuple[str, list[dict]]:
     version = servers.install_buildgrid(log)
     with servers.buildgrid(workdir) as running:
@@ -92,37 +99,39 @@ def passes(value: float, target: tuple[float, bool]) -> bool:
     return value >= bound if higher else value <= bound
 
 
-def table(columns: dict[str, list[dict]], buildgrid: list[dict] | None) -> tuple[str, bool]:
-    names = (
-        [r["name"] for r in next(iter(columns.values()))] if columns else [r["name"] for r in buildgrid or []]
-    )
+def table(
+    columns: dict[str, list[dict]], buildgrid: list[dict] | None, bare: list[dict] | None
+) -> tuple[str, bool]:
+    """The report: our columns, BuildGrid's, the bare server's, our speed-up over BuildGrid
+    (a latency ratio inverted, so above 1 is always faster), the target and pass/fail."""
+    first = next(iter(columns.values()), None) or buildgrid or bare or []
     ours_cols = list(columns)
-    header = ["workload", "unit", *ours_cols, "BuildGrid", *(f"{c} vs BG" for c in ours_cols), "target"]
-    header += [f"{c} pass" for c in ours_cols]
+    header = ["workload", "unit", *ours_cols, "BuildGrid", "bare grpcio"]
+    header += [f"{c} vs BG" for c in ours_cols] + ["target"] + [f"{c} pass" for c in ours_cols]
     rows = [header]
     all_pass = True
-    for i, name in enumerate(names):
-        unit = (next(iter(columns.values()))[i] if columns else (buildgrid or [])[i])["unit"]
+    for i, row in enumerate(first):
         bg = buildgrid[i]["value"] if buildgrid else None
         ours_values = [columns[c][i]["value"] for c in ours_cols]
-        higher = (next(iter(columns.values()))[i] if columns else (buildgrid or [])[i])["higher_is_better"]
-        # Speed-up: how many times faster ours is (a latency ratio is inverted to match).
+        higher = row["higher_is_better"]
         ratios = ["-" if bg is None else f"{(v / bg if higher else bg / v):.2f}x" for v in ours_values]
-        target = target_of(name)
+        target = target_of(row["name"])
         marks = []
         for v in ours_values:
             ok = target is None or passes(v, target)
             all_pass &= ok
             marks.append("pass" if ok else "FAIL")
         target_text = "-" if target is None else f"{'>=' if target[1] else '<='} {fmt(target[0])}"
-        rows.append([name, unit, *map(fmt, ours_values), fmt(bg), *ratios, target_text, *marks])
-    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        cells = [row["name"], row["unit"], *map(fmt, ours_values), fmt(bg)]
+        cells += [fmt(bare[i]["value"] if bare else None), *ratios, target_text, *marks]
+        rows.append(cells)
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     lines = [
         "  ".join(
             cell.ljust(w) if c == 0 else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+            for c, (cell, w) in enumerate(zip(r, widths, strict=True))
         )
-        for row in rows
+        for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines), all_pass
@@ -132,7 +141,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=("ours", "buildgrid"), help="measure one server only")
+    parser.add_argument(
+        "--only",
+        default="ours,buildgrid,bare",
+        help="servers to measure, of ours,buildgrid,bare (default: all three)",
+    )
     parser.add_argument(
         "--processes", default="1,2", help="our server's process counts to measure (default 1,2)"
     )
@@ -143,6 +156,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the throw-away data directory")
     args = parser.parse_args()
     processes = [int(p) for p in args.processes.split(",") if p.strip()]
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if not only or only - {"ours", "buildgrid", "bare"}:
+        parser.error(f"--only takes ours, buildgrid and bare, not {args.only!r}")
 
     started = time.time()
     workdir = servers.workdir()
@@ -152,21 +168,24 @@ def main() -> int:
         log(f"warning: load average {load_before:.2f} before the run: other work shares these cores")
     columns: dict[str, list[dict]] = {}
     buildgrid: list[dict] | None = None
+    bare: list[dict] | None = None
     bg_version = ""
     bg_error = ""
     try:
-        if args.only != "buildgrid":
+        if "ours" in only:
             columns = measure_ours(workdir, processes, args.threads, args.quick)
-        if args.only != "ours":
+        if "buildgrid" in only:
             try:
                 bg_version, buildgrid = measure_buildgrid(workdir, args.quick)
             except servers.BuildGridUnavailable as exc:
                 bg_error = str(exc)
+        if "bare" in only:
+            bare = measure_bare(workdir, args.quick)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    text, all_pass = table(columns, buildgrid)
+    text, all_pass = table(columns, buildgrid, bare)
     log("")
     log(text)
     if bg_version:
@@ -180,7 +199,7 @@ def main() -> int:
 
     results_dir = BENCH / "results"
     results_dir.mkdir(exist_ok=True)
-    out = results_dir / time.strftime("%Y%m%d-%H%M%S.json")
+    out = results_dir / time.strftime("reapi-%Y%m%d-%H%M%S.json")
     out.write_text(
         json.dumps(
             {
@@ -191,6 +210,7 @@ def main() -> int:
                 "quick": args.quick,
                 "ours": columns,
                 "buildgrid": {"version": bg_version, "results": buildgrid, "error": bg_error},
+                "bare_grpcio": bare,
                 "all_targets_met": all_pass,
             },
             indent=2,

@@ -244,5 +244,14 @@ def buildgrid(workdir: Path, threads: int = 32) -> Running:
     return Running(argv, home, env, f"127.0.0.1:{port}", home / "bgd.log", ())
 
 
+def bare(workdir: Path) -> Running:
+    """bench/bare.py: hashes and dicts, no auth, no storage (calibration)."""
+    home = workdir / "bare"
+    home.mkdir(parents=True)
+    port = free_port()
+    argv = [sys.executable, str(BENCH / "bare.py"), f"127.0.0.1:{port}"]
+    return Running(argv, ROOT, dict(os.environ), f"127.0.0.1:{port}", home / "bare.log", ())
+
+
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="reapi-bench-"))

@@ -351,7 +351,7 @@ class Bench:
 
 
 def run_all(target: Target, quick: bool, log: Callable[[str], None]) -> list[Result]:
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     bench = Bench(target, rounds)
     try:
         results: list[Result] = []
@@ -362,7 +362,7 @@ def run_all(target: Target, quick: bool, log: Callable[[str], None]) -> list[Res
             ("FindMissingBlobs", lambda: [bench.find_missing()]),
             (
                 "GetActionResult",
-                lambda: [bench.get_action_result(250 if quick else 500, 2.0 if quick else 4.0)],
+                lambda: [bench.get_action_result(250 if quick else 1000, 2.0 if quick else 3.0)],
             ),
         ]
         for label, step in steps:
