@@ -144,9 +144,12 @@ class S3BlobStore:
                 )
                 return cur.fetchall()
             if connection.vendor == "sqlite":
+                # CROSS JOIN fixes the loop order in SQLite: for each key, one probe of the
+                # unique index. A plain JOIN lets the planner, without statistics, scan the
+                # table and the key list inside it (seconds for 10,000 keys).
                 cur.execute(
                     f"SELECT b.key, b.size, b.touched_at FROM json_each(%s) AS j "
-                    f"JOIN {t} AS b ON b.store = %s AND b.key = j.value",
+                    f"CROSS JOIN {t} AS b ON b.store = %s AND b.key = j.value",
                     [json.dumps(keys), self.store_id],
                 )
                 return cur.fetchall()
