@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: venv run test test-deps test-sqlite test-postgres test-s3 check bench proto clean
+.PHONY: venv run test test-deps test-sqlite test-postgres test-s3 check bench bench-storage proto clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ check: venv
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Issue 4's figures: the same workloads on S3 (SeaweedFS) and in pass-through beside direct.
+bench-storage: venv
+	$(PY) bench/storage.py $(BENCH_ARGS)
 
 proto: venv
 	PATH=$(VENV)/bin:$$PATH sh reapi/gen/regenerate.sh
