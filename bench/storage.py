@@ -12,9 +12,11 @@ each, auth on:
   independent   the external cluster's endpoint on its own storage (the default mode).
 
 and prints pass-through's overhead against direct on the same storage. It also measures
-FindMissingBlobs of 10,000 digests on a cold server process (nothing in its presence cache, so
-every digest goes to the store: on S3, one index query), the figure issue 4 asks for (target
-<= 60 ms on S3). Results go to bench/results/storage-<time>.json as well.
+FindMissingBlobs of 10,000 digests, half present, on a warmed-up server process that has seen
+none of them (another process stored them), so every digest goes to the store (on S3: one index
+query), beside the workloads' figure where this process stored the present half; issue 4's
+target is <= 60 ms on S3. `--postgres` puts the database (and so the index) on PostgreSQL.
+Results go to bench/results/storage-<time>.json as well.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import os
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -65,34 +68,36 @@ def serve(ours: servers.Ours, cluster: str, env: dict[str, str]) -> servers.Runn
 
 
 def cold_find_missing(ours: servers.Ours, env: dict[str, str]) -> list[float]:
-    """FindMissingBlobs of 10,000 digests (half present) from a process that has seen none of
-    them: every digest is asked of the store (on S3, the index)."""
+    """FindMissingBlobs of 10,000 digests, half present, from a warmed-up server process that
+    has seen none of them (another process stored the present half, as in a deployment with
+    several processes or hosts): every digest is asked of the store, on S3 of the index."""
     half = workloads.FIND_MISSING_DIGESTS // 2
-    blobs = [os.urandom(1024 + i % 3072) for i in range(half)]
-    present = [workloads.digest_of(b) for b in blobs]
-    with serve(ours, "internal", env) as running, grpc.insecure_channel(running.address) as ch:
-        cas = re_grpc.ContentAddressableStorageStub(ch)
-        for i in range(0, half, workloads.BATCH):
-            chunk = blobs[i : i + workloads.BATCH]
-            cas.BatchUpdateBlobs(
-                re_pb2.BatchUpdateBlobsRequest(
-                    requests=[
-                        re_pb2.BatchUpdateBlobsRequest.Request(digest=workloads.digest_of(b), data=b)
-                        for b in chunk
-                    ]
-                ),
-                metadata=ours.metadata,
-            )
     samples = []
-    for _ in range(COLD_ROUNDS):
-        absent = [re_pb2.Digest(hash=os.urandom(32).hex(), size_bytes=2048) for _ in range(half)]
-        with serve(ours, "internal", env) as running, running_channel(running) as ch:
-            cas = re_grpc.ContentAddressableStorageStub(ch)
-            # One digest first: the process connects to its database and builds its store
-            # (boto3 loads its models) on first use, a one-off cost this figure leaves out.
-            warm_up = [re_pb2.Digest(hash=os.urandom(32).hex(), size_bytes=1)]
-            cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(blob_digests=warm_up), metadata=ours.metadata)
-            request = re_pb2.FindMissingBlobsRequest(blob_digests=present + absent)
+    with (
+        serve(ours, "internal", env) as writer,
+        serve(ours, "internal", env) as reader,
+        running_channel(writer) as writer_ch,
+        running_channel(reader) as reader_ch,
+    ):
+        upload = re_grpc.ContentAddressableStorageStub(writer_ch)
+        cas = re_grpc.ContentAddressableStorageStub(reader_ch)
+        warm_up(cas, ours.metadata)
+        for _ in range(COLD_ROUNDS):
+            blobs = [os.urandom(1024 + i % 3072) for i in range(half)]
+            for i in range(0, half, workloads.BATCH):
+                upload.BatchUpdateBlobs(
+                    re_pb2.BatchUpdateBlobsRequest(
+                        requests=[
+                            re_pb2.BatchUpdateBlobsRequest.Request(digest=workloads.digest_of(b), data=b)
+                            for b in blobs[i : i + workloads.BATCH]
+                        ]
+                    ),
+                    metadata=ours.metadata,
+                )
+            absent = [re_pb2.Digest(hash=os.urandom(32).hex(), size_bytes=2048) for _ in range(half)]
+            request = re_pb2.FindMissingBlobsRequest(
+                blob_digests=[workloads.digest_of(b) for b in blobs] + absent
+            )
             t0 = time.perf_counter()
             reply = cas.FindMissingBlobs(request, metadata=ours.metadata, timeout=60)
             samples.append((time.perf_counter() - t0) * 1000)
@@ -103,6 +108,24 @@ def cold_find_missing(ours: servers.Ours, env: dict[str, str]) -> list[float]:
     return samples
 
 
+def warm_up(cas: re_grpc.ContentAddressableStorageStub, metadata: tuple[tuple[str, str], ...]) -> None:
+    """Small calls from many threads at once, so the server's handler threads have their
+    database connections and its store is built (boto3 loads its models) before the clock."""
+    request = re_pb2.FindMissingBlobsRequest(
+        blob_digests=[re_pb2.Digest(hash=os.urandom(32).hex(), size_bytes=1) for _ in range(100)]
+    )
+
+    def calls() -> None:
+        for _ in range(20):
+            cas.FindMissingBlobs(request, metadata=metadata, timeout=60)
+
+    threads = [threading.Thread(target=calls) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def running_channel(running: servers.Running) -> grpc.Channel:
     ch = grpc.insecure_channel(running.address, options=[("grpc.max_receive_message_length", 64 << 20)])
     # Connected before the clock starts: the figure is the call, not the TCP handshake.
@@ -110,13 +133,17 @@ def running_channel(running: servers.Running) -> grpc.Channel:
     return ch
 
 
-def measure(ours: servers.Ours, storage: str, env: dict[str, str], quick: bool) -> dict[str, list[dict]]:
-    columns: dict[str, list[dict]] = {}
+def measure(
+    ours: servers.Ours, storage: str, env: dict[str, str], quick: bool, workloads_too: bool = True
+) -> dict[str, list[dict]]:
+    columns: dict[str, list[dict]] = {f"{storage} direct": []}
     ways = [
         ("direct", "internal", "independent"),
         ("pass-through", "external", "pass-through"),
         ("independent", "external", "independent"),
     ]
+    if not workloads_too:
+        ways = []
     for way, cluster, mode in ways:
         ours.manage("tenant", "mode", ours.TENANT, mode)
         with serve(ours, cluster, env) as running:
@@ -137,14 +164,16 @@ def measure(ours: servers.Ours, storage: str, env: dict[str, str], quick: bool) 
     samples = cold_find_missing(ours, env)
     columns[f"{storage} direct"].append(
         {
-            "name": "FindMissingBlobs 10000, cold process",
+            "name": "FindMissingBlobs 10000, none seen by the process",
             "unit": "ms",
             "higher": False,
             "value": statistics.median(samples),
             "samples": samples,
         }
     )
-    log(f"{storage}: cold FindMissingBlobs(10k) {statistics.median(samples):.1f} ms (samples {samples})")
+    log(
+        f"{storage}: FindMissingBlobs(10k), none seen by the process: {statistics.median(samples):.1f} ms (samples {samples})"
+    )
     return columns
 
 
@@ -202,6 +231,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--keep", action="store_true", help="keep the throw-away data directory")
     parser.add_argument(
+        "--find-missing-only",
+        action="store_true",
+        help="only FindMissingBlobs(10k) from a process that saw none",
+    )
+    parser.add_argument(
         "--postgres",
         metavar="SERVER_URL",
         nargs="?",
@@ -232,9 +266,9 @@ def main() -> int:
                 with SeaweedS3(workdir / "seaweed") as s3:
                     env["REAPI_STORAGE_INTERNAL"] = s3.url("internal")
                     env["REAPI_STORAGE_EXTERNAL"] = s3.url("external")
-                    columns.update(measure(ours, storage, env, args.quick))
+                    columns.update(measure(ours, storage, env, args.quick, not args.find_missing_only))
             else:
-                columns.update(measure(ours, storage, env, args.quick))
+                columns.update(measure(ours, storage, env, args.quick, not args.find_missing_only))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -244,10 +278,10 @@ def main() -> int:
     log("")
     log(table(columns))
     cold = columns.get("s3 direct", [])
-    s3_cold = next((r["value"] for r in cold if r["name"].endswith("cold process")), None)
+    s3_cold = next((r["value"] for r in cold if r["name"].endswith("none seen by the process")), None)
     s3_warm = next((r["value"] for r in cold if r["name"].startswith("FindMissingBlobs 10000 digests")), None)
     met = True
-    for label, value in (("cold", s3_cold), ("half known", s3_warm)):
+    for label, value in (("none seen by the process", s3_cold), ("present half stored by it", s3_warm)):
         if value is not None:
             ok = value <= FIND_MISSING_TARGET_MS
             met &= ok
