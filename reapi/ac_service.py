@@ -3,14 +3,11 @@
 import grpc
 
 from reapi import clusters, digests, provenance, usage
-from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
 from reapi.errors import NotFound
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from reapi.grpc_edge import principal, unary
-
-REQUEST_METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
+from reapi.grpc_edge import principal, unary, writer_of
 
 
 class ActionCacheService(re_grpc.ActionCacheServicer):
@@ -49,31 +46,10 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
         check_digest_function(request.digest_function)
         action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
         backend = clusters.for_call(self.cluster, who.cache_mode)
-        writer = self._writer(who, context)
+        writer = writer_of(who, self.cluster, context)
         return backend.action_cache.put(
             who.tenant,
             action,
             request.action_result,
             record=lambda: provenance.record(backend.alias, who.tenant, action, writer),
-        )
-
-    def _writer(self, who: Principal, context: grpc.ServicerContext) -> provenance.Writer:
-        meta = re_pb2.RequestMetadata()
-        for key, value in context.invocation_metadata():
-            # REAPI: clients send RequestMetadata, binary, under this key on every call.
-            if key == REQUEST_METADATA_KEY and isinstance(value, bytes):
-                try:
-                    meta.ParseFromString(value)
-                except Exception:
-                    meta.Clear()  # provenance is best effort about the client's claims
-        return provenance.Writer(
-            token_id=who.token_id,
-            token_prefix=who.token_prefix,
-            user_id=who.user_id,
-            username=who.username,
-            cluster=self.cluster,
-            tool_name=meta.tool_details.tool_name,
-            tool_version=meta.tool_details.tool_version,
-            tool_invocation_id=meta.tool_invocation_id,
-            correlated_invocations_id=meta.correlated_invocations_id,
         )

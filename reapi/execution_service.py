@@ -15,7 +15,7 @@ from reapi.cas_service import check_digest_function
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.longrunning import operations_pb2
-from reapi.grpc_edge import principal, streaming
+from reapi.grpc_edge import principal, streaming, writer_of
 from workers import operations, pools, scheduler, watch
 from workers.models import Operation
 
@@ -56,7 +56,8 @@ class ExecutionService(re_grpc.ExecutionServicer):
         who.check_instance(request.instance_name)
         check_digest_function(request.digest_function)
         action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
-        op = scheduler.submit(self.cluster, who, action, request.skip_cache_lookup)
+        writer = writer_of(who, self.cluster, context)
+        op = scheduler.submit(self.cluster, who, action, request.skip_cache_lookup, writer)
         yield from follow(op, request.instance_name, context)
 
     @streaming

@@ -13,8 +13,9 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from reapi import auth
+from reapi import auth, provenance
 from reapi.errors import FailedPrecondition, Internal, PermissionDenied, ReapiError
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.rpc import status_pb2
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,32 @@ PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 
 def principal() -> auth.Principal:
     return _principal.get()
+
+
+# REAPI: clients send RequestMetadata, binary, under this key on every call.
+REQUEST_METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
+
+
+def writer_of(who: auth.Principal, cluster: str, context: grpc.ServicerContext) -> provenance.Writer:
+    """Who is writing, for provenance: the credential, plus the tool's own RequestMetadata."""
+    meta = re_pb2.RequestMetadata()
+    for key, value in context.invocation_metadata():
+        if key == REQUEST_METADATA_KEY and isinstance(value, bytes):
+            try:
+                meta.ParseFromString(value)
+            except Exception:
+                meta.Clear()  # provenance is best effort about the client's claims
+    return provenance.Writer(
+        token_id=who.token_id,
+        token_prefix=who.token_prefix,
+        user_id=who.user_id,
+        username=who.username,
+        cluster=cluster,
+        tool_name=meta.tool_details.tool_name,
+        tool_version=meta.tool_details.tool_version,
+        tool_invocation_id=meta.tool_invocation_id,
+        correlated_invocations_id=meta.correlated_invocations_id,
+    )
 
 
 def status_code(err: ReapiError) -> grpc.StatusCode:

@@ -389,3 +389,29 @@ def test_a_worker_for_an_unconfigured_pool_refuses_to_start() -> None:
     done = manage("worker", "--cluster", "external", "--pool", "sparc", env=EXEC_ENV, check=False)
     assert done.returncode != 0
     assert "no pool 'sparc' on the external cluster (configured: x86-64, arm64)" in done.stderr
+
+
+def test_a_purge_of_the_requesting_token_removes_what_its_executions_cached(
+    server: ReapiServer, worker: WorkerProcess, acme: Persona
+) -> None:
+    from portal import tokens
+    from reapi import provenance
+
+    leaked = tokens.issue(acme.tenant, acme.developer or "", name="leaked")
+    careful = acme.pat(acme.admin)
+    with server.channel() as channel:
+        by_leaked = Client(channel, leaked.secret)
+        by_careful = Client(channel, careful)
+        mine = ActionSpec(["/bin/sh", "-c", "echo leaked > o"], output_files=["o"], salt=b"purge-1")
+        theirs = ActionSpec(["/bin/sh", "-c", "echo careful > o"], output_files=["o"], salt=b"purge-2")
+        leaked_action, careful_action = mine.upload(by_leaked), theirs.upload(by_careful)
+        assert response(execute(by_leaked, leaked_action)[-1]).result.exit_code == 0
+        assert response(execute(by_careful, careful_action)[-1]).result.exit_code == 0
+        assert by_careful.get_action_result(leaked_action).exit_code == 0
+
+        tokens.revoke(leaked.token)
+        assert provenance.purge_token(leaked.token.pk, settle_seconds=0) == 1
+        with pytest.raises(grpc.RpcError) as info:
+            by_careful.get_action_result(leaked_action)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert by_careful.get_action_result(careful_action).exit_code == 0

@@ -7,9 +7,13 @@ RabbitMQ at scale).
 
 import os
 
+import django
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+# Task modules import models: the app registry must be ready before autodiscovery, also when
+# a worker is started as `celery -A workers.celery_app worker` rather than through manage.py.
+django.setup()
 
 app = Celery("workers")
 app.config_from_object("django.conf:settings", namespace="CELERY")

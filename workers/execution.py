@@ -16,9 +16,9 @@ from pathlib import Path
 from django.conf import settings
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from reapi import clusters
+from reapi import clusters, provenance
 from reapi.digests import Digest
-from reapi.errors import Internal, InvalidArgument, ReapiError
+from reapi.errors import Internal, InvalidArgument, ReapiError, Unauthenticated
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from workers import inputs, operations, outputs, process
 from workers.models import Operation
@@ -151,5 +151,15 @@ def _execute_in(
             message=message,
         )
     if outcome.exit_code == 0 and not action.do_not_cache:
-        backend.action_cache.put(tenant, action_digest, result)  # ... then the action cache
+        # ... then the action cache, recorded as written by the requester's token.
+        record = None
+        if op.requested_by:
+            writer = provenance.Writer(**op.requested_by)
+            record = lambda: provenance.record(backend.alias, tenant, action_digest, writer)  # noqa: E731
+        try:
+            backend.action_cache.put(tenant, action_digest, result, record=record)
+        except Unauthenticated as exc:
+            # The requester's token was revoked while the action ran: its result is returned
+            # to the client but not cached, so a purge of that token has nothing to miss.
+            log.info("operation %s: result not cached: %s", op.name, exc.message)
     return re_pb2.ExecuteResponse(result=result, status=operations.error_status(0, ""))

@@ -64,6 +64,9 @@ class Operation(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     message = models.TextField(blank=True)
     response = models.BinaryField(null=True, blank=True)  # serialized ExecuteResponse
+    # The credential and tool behind the request (reapi.provenance.Writer fields), recorded as
+    # the writer of the action-cache entry the worker stores.
+    requested_by = models.JSONField(default=dict, blank=True)
     queued_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

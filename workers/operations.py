@@ -8,6 +8,7 @@ worker that comes back from the dead can race without an operation ending twice:
 import re
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -53,9 +54,21 @@ def find(tenant_id: int, cluster: str, name: str) -> Operation:
 
 
 def create_or_join(
-    tenant_id: int, cluster: str, storage_alias: str, pool: str, action: Digest, dedupe: bool
+    tenant_id: int,
+    cluster: str,
+    storage_alias: str,
+    pool: str,
+    action: Digest,
+    dedupe: bool,
+    requested_by: dict[str, Any] | None = None,
 ) -> tuple[Operation, bool]:
-    """A new queued operation, or the tenant's identical one already queued or running."""
+    """A new queued operation, or the tenant's identical one already queued or running.
+
+    `requested_by` is the provenance of the request (reapi.provenance.Writer as a dict): the
+    action-cache entry the worker writes is recorded as that credential's, so purging a
+    token removes what its remote executions cached too. A joined operation keeps its first
+    requester.
+    """
     key = f"{cluster}/{action.hash}/{action.size}" if dedupe else None
     for _ in range(5):
         if key is not None:
@@ -73,6 +86,7 @@ def create_or_join(
                     action_hash=action.hash,
                     action_size=action.size,
                     inflight_key=key,
+                    requested_by=requested_by or {},
                 )
             return op, True
         except IntegrityError:

@@ -2,11 +2,12 @@
 cache, or record an operation and send its task to the pool's queue (DESIGN.md execution path).
 """
 
+import dataclasses
 import logging
 
 from django.conf import settings
 
-from reapi import clusters, digests
+from reapi import clusters, digests, provenance
 from reapi.auth import Principal
 from reapi.cas import Cas
 from reapi.digests import Digest
@@ -87,7 +88,13 @@ def timeout_of(action: re_pb2.Action) -> float:
     return seconds
 
 
-def submit(cluster: str, who: Principal, action: Digest, skip_cache_lookup: bool) -> Operation:
+def submit(
+    cluster: str,
+    who: Principal,
+    action: Digest,
+    skip_cache_lookup: bool,
+    writer: provenance.Writer | None = None,
+) -> Operation:
     backend = clusters.for_call(cluster, who.cache_mode)
     action_msg, command, _root = load_action(backend.cas, who.tenant, action)
     pool = pools.route(cluster, platform_of(action_msg, command))
@@ -101,7 +108,13 @@ def submit(cluster: str, who: Principal, action: Digest, skip_cache_lookup: bool
             return operations.record_cached(who.tenant_id, cluster, backend.alias, pool.name, action, result)
     # REAPI do_not_cache: in-flight requests for such an action may not be merged.
     op, created = operations.create_or_join(
-        who.tenant_id, cluster, backend.alias, pool.name, action, dedupe=not action_msg.do_not_cache
+        who.tenant_id,
+        cluster,
+        backend.alias,
+        pool.name,
+        action,
+        dedupe=not action_msg.do_not_cache,
+        requested_by=dataclasses.asdict(writer) if writer else {},
     )
     if created:
         enqueue(op)
