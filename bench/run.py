@@ -1,12 +1,13 @@
 """Speed bench (issue 2): our REAPI server with auth on, beside BuildGrid, on this machine.
 
-    .venv/bin/python bench/run.py [--only ours|buildgrid] [--processes 1,2] [--quick]
+    .venv/bin/python bench/run.py [--only ours,buildgrid,bare] [--processes 1,2] [--quick]
 
 Starts each server on a free loopback port in a throw-away directory, runs the workloads of
 bench/workloads.py against it from client threads in this process, stops it, and prints one
-table: our figures per process count, BuildGrid's, the speed-up, the target and pass/fail.
+table: our figures per process count, BuildGrid's, a bare grpcio server's (calibration), our
+speed-up over BuildGrid, the target and pass/fail.
 The results also go to bench/results/reapi-<time>.json. Exits 1 when BuildGrid could not be
-measured or a target was missed.
+measured or a target was missed by every process count measured.
 """
 
 import argparse
@@ -101,26 +102,25 @@ def passes(value: float, target: tuple[float, bool]) -> bool:
 
 def table(
     columns: dict[str, list[dict]], buildgrid: list[dict] | None, bare: list[dict] | None
-) -> tuple[str, bool]:
+) -> tuple[str, list[str]]:
     """The report: our columns, BuildGrid's, the bare server's, our speed-up over BuildGrid
-    (a latency ratio inverted, so above 1 is always faster), the target and pass/fail."""
+    (a latency ratio inverted, so above 1 is always faster), the target and pass/fail; and
+    the workloads whose target none of our columns met."""
     first = next(iter(columns.values()), None) or buildgrid or bare or []
     ours_cols = list(columns)
     header = ["workload", "unit", *ours_cols, "BuildGrid", "bare grpcio"]
     header += [f"{c} vs BG" for c in ours_cols] + ["target"] + [f"{c} pass" for c in ours_cols]
     rows = [header]
-    all_pass = True
+    missed = []
     for i, row in enumerate(first):
         bg = buildgrid[i]["value"] if buildgrid else None
         ours_values = [columns[c][i]["value"] for c in ours_cols]
         higher = row["higher_is_better"]
         ratios = ["-" if bg is None else f"{(v / bg if higher else bg / v):.2f}x" for v in ours_values]
         target = target_of(row["name"])
-        marks = []
-        for v in ours_values:
-            ok = target is None or passes(v, target)
-            all_pass &= ok
-            marks.append("pass" if ok else "FAIL")
+        marks = ["pass" if target is None or passes(v, target) else "FAIL" for v in ours_values]
+        if ours_values and "pass" not in marks:
+            missed.append(row["name"])
         target_text = "-" if target is None else f"{'>=' if target[1] else '<='} {fmt(target[0])}"
         cells = [row["name"], row["unit"], *map(fmt, ours_values), fmt(bg)]
         cells += [fmt(bare[i]["value"] if bare else None), *ratios, target_text, *marks]
@@ -134,7 +134,7 @@ def table(
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines), all_pass
+    return "\n".join(lines), missed
 
 
 def main() -> int:
@@ -185,9 +185,15 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    text, all_pass = table(columns, buildgrid, bare)
+    text, missed = table(columns, buildgrid, bare)
     log("")
     log(text)
+    if columns:
+        log(
+            "\nevery target met by at least one process count"
+            if not missed
+            else f"\ntargets missed by every process count: {'; '.join(missed)}"
+        )
     if bg_version:
         log(
             f"\nBuildGrid {bg_version} from PyPI; ours with auth on (PAT in x-aspect); "
@@ -211,14 +217,14 @@ def main() -> int:
                 "ours": columns,
                 "buildgrid": {"version": bg_version, "results": buildgrid, "error": bg_error},
                 "bare_grpcio": bare,
-                "all_targets_met": all_pass,
+                "targets_missed_by_every_process_count": missed,
             },
             indent=2,
         )
         + "\n"
     )
     log(f"results: {out.relative_to(BENCH.parent)} ({time.time() - started:.0f} s in all)")
-    return 0 if all_pass and not bg_error else 1
+    return 0 if not missed and not bg_error else 1
 
 
 if __name__ == "__main__":
