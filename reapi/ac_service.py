@@ -3,7 +3,9 @@
 import grpc
 
 from reapi import clusters, digests, provenance, usage
+from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
+from reapi.digests import Digest
 from reapi.errors import NotFound
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
@@ -14,15 +16,20 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
 
-    @unary
-    def GetActionResult(
-        self, request: re_pb2.GetActionResultRequest, context: grpc.ServicerContext
-    ) -> re_pb2.ActionResult:
+    def _call(
+        self, request: re_pb2.GetActionResultRequest | re_pb2.UpdateActionResultRequest
+    ) -> tuple[Principal, Digest, clusters.Backend]:
         who = principal()
         who.check_instance(request.instance_name)
         check_digest_function(request.digest_function)
         action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
-        backend = clusters.for_call(self.cluster, who.cache_mode)
+        return who, action, clusters.for_call(self.cluster, who.cache_mode)
+
+    @unary
+    def GetActionResult(
+        self, request: re_pb2.GetActionResultRequest, context: grpc.ServicerContext
+    ) -> re_pb2.ActionResult:
+        who, action, backend = self._call(request)
         try:
             result = backend.action_cache.get(
                 who.tenant,
@@ -41,11 +48,7 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
     def UpdateActionResult(
         self, request: re_pb2.UpdateActionResultRequest, context: grpc.ServicerContext
     ) -> re_pb2.ActionResult:
-        who = principal()
-        who.check_instance(request.instance_name)
-        check_digest_function(request.digest_function)
-        action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
-        backend = clusters.for_call(self.cluster, who.cache_mode)
+        who, action, backend = self._call(request)
         writer = writer_of(who, self.cluster, context)
         return backend.action_cache.put(
             who.tenant,

@@ -23,7 +23,7 @@ from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.gen.google.rpc import status_pb2
 from tests.reapi_client import Client, digest
-from tests.servers import ROOT
+from tests.servers import ROOT, stop_process
 
 QUEUED, EXECUTING, COMPLETED = 2, 3, 4
 
@@ -105,13 +105,7 @@ class WorkerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 # weed mini's listeners; each gets a free port. Lance's listener is switched off (port 0).
 PORT_FLAGS = (
@@ -144,13 +144,7 @@ class SeaweedS3:
         raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> "SeaweedS3":
         return self.start()
