@@ -19,23 +19,25 @@ class Series:
     css: str  # a class the stylesheet colours
 
 
+GRID_STEPS = 4
+
+
 def nice_max(value: int) -> int:
-    """The smallest 1/2/5 x 10^n at or above value, so the grid lines fall on round numbers."""
-    if value <= 0:
-        return 1
+    """The chart's top: GRID_STEPS times the smallest 1/2/5 x 10^n step that reaches `value`,
+    so every grid line falls on a round number (0, 1, 2, 3, 4; 0, 500, …, 2000)."""
+    needed = max(-(-value // GRID_STEPS), 1)
     step = 1
     while True:
         for m in (1, 2, 5):
-            if m * step >= value:
-                return m * step
+            if m * step >= needed:
+                return GRID_STEPS * m * step
         step *= 10
 
 
 def bar_chart(
     title: str, days: Sequence[date], series: Sequence[Series], fmt: Callable[[int], str] = str
 ) -> SafeString:
-    # At least 4, so the four grid steps fall on whole numbers.
-    top = nice_max(max([4, *(v for s in series for v in s.values)]))
+    top = nice_max(max([0, *(v for s in series for v in s.values)]))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(days), 1)
     bar = max(slot * 0.8 / max(len(series), 1), 1)
@@ -43,9 +45,9 @@ def bar_chart(
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="t-{id(series)}" '
         f'xmlns="http://www.w3.org/2000/svg"><title id="t-{id(series)}">{escape(title)}</title>'
     ]
-    for i in range(5):
-        value = top * i // 4
-        y = TOP + plot_h - plot_h * i / 4
+    for i in range(GRID_STEPS + 1):
+        value = top * i // GRID_STEPS
+        y = TOP + plot_h - plot_h * i / GRID_STEPS
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
             f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(value))}</text>'
