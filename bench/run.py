@@ -24,6 +24,7 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(1, str(BENCH))
 
 import servers  # noqa: E402
+import text_table  # noqa: E402
 import workloads  # noqa: E402
 
 # Issue 2's targets for this 2-core machine: (unit, bound, higher is better).
@@ -125,16 +126,7 @@ def table(
         cells = [row["name"], row["unit"], *map(fmt, ours_values), fmt(bg)]
         cells += [fmt(bare[i]["value"] if bare else None), *ratios, target_text, *marks]
         rows.append(cells)
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if c == 0 else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines), missed
+    return text_table.render(rows), missed
 
 
 def main() -> int:

@@ -36,6 +36,7 @@ sys.path.insert(1, str(BENCH))
 
 import grpc  # noqa: E402
 import servers  # noqa: E402
+import text_table  # noqa: E402
 import workloads  # noqa: E402
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
@@ -198,16 +199,7 @@ def table(columns: dict[str, list[dict]]) -> str:
             else:
                 overheads.append("-")
         rows.append([name, unit, *cells, *overheads])
-    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if c == 0 else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return text_table.render(rows)
 
 
 def servers_fmt(value: float) -> str:
