@@ -90,13 +90,12 @@ def test_find_missing_of_10k_digests_asks_the_index_not_s3(cluster: S3Cluster, a
     wanted = [*map(digest, present), *absent]
 
     before = settled_request_count(cluster.s3)
-    started = time.perf_counter()
     missing = peer.missing(*wanted)  # a cold process: nothing known, everything from the index
-    elapsed = time.perf_counter() - started
     assert missing == absent
+    # Not one request reached the bucket: the answer came from the index alone. How fast that
+    # is belongs to bench/storage.py (FindMissing of 10k on S3), not to a timed test, whose
+    # bound would only measure how busy the CI machine is.
     assert settled_request_count(cluster.s3) == before
-    # One HEAD per digest would take ~16 s here; one index query takes well under 100 ms.
-    assert elapsed < 1.0
 
 
 def settled_request_count(s3: SeaweedS3) -> int:
