@@ -128,6 +128,9 @@ REAPI_URLS = {
 }
 # gRPC's receive limit; batches are advertised a little below it (REAPI: max_batch_total_size_bytes).
 REAPI_MAX_MESSAGE_BYTES = envint("REAPI_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)
+# Threads per server process for Execute, WaitExecution and WaitOperation, which wait as long as
+# their action runs (reapi/grpc_edge.py WAITING_METHODS): the most actions one process follows.
+REAPI_WAITING_THREADS = envint("REAPI_WAITING_THREADS", 512)
 # How long a validated credential is trusted before the database is asked again: the bound on
 # how late a revocation takes effect on a running server.
 REAPI_CREDENTIAL_TTL_SECONDS = envint("REAPI_CREDENTIAL_TTL_SECONDS", 2)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from reapi import digests
+from reapi import db_threads, digests
 from reapi.cas_service import check_digest_function
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
@@ -26,21 +26,28 @@ CHECK_SECONDS = 1.0
 
 
 def follow(op: Operation, instance: str, context: grpc.ServicerContext) -> Iterator[operations_pb2.Operation]:
-    """Yield the operation now and on every change, until it is done or the client leaves."""
-    sent_version, sent_at = -1, 0.0
+    """Yield the operation now and on every change, until it is done or the client leaves.
+
+    The watcher reads the changed rows for this thread, which holds no database connection
+    (reapi/db_threads.py): streams can outnumber the connections a database allows.
+    """
+    yield operations.to_proto(op, instance)
+    sent_at = time.monotonic()
+    if op.done:
+        return
     while True:
-        op.refresh_from_db()
-        if op.version != sent_version or time.monotonic() - sent_at >= KEEPALIVE_SECONDS:
-            sent_version, sent_at = op.version, time.monotonic()
-            yield operations.to_proto(op, instance)
+        # Short waits, so a stream whose client left (or a server stopping) ends promptly.
+        newer = watch.wait(op.pk, op.version, CHECK_SECONDS)
+        if newer is not None:
+            op = newer
+        elif not context.is_active():
+            return
+        elif time.monotonic() - sent_at < KEEPALIVE_SECONDS:
+            continue
+        yield operations.to_proto(op, instance)  # the change, or the same again as a keep-alive
+        sent_at = time.monotonic()
         if op.done:
             return
-        # Short waits, so a stream whose client left (or a server stopping) ends promptly.
-        while not watch.wait(op.pk, op.version, CHECK_SECONDS):
-            if not context.is_active():
-                return
-            if time.monotonic() - sent_at >= KEEPALIVE_SECONDS:
-                break
 
 
 class ExecutionService(re_grpc.ExecutionServicer):
@@ -57,7 +64,7 @@ class ExecutionService(re_grpc.ExecutionServicer):
         check_digest_function(request.digest_function)
         action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
         writer = writer_of(who, self.cluster, context)
-        op = scheduler.submit(self.cluster, who, action, request.skip_cache_lookup, writer)
+        op = db_threads.run(scheduler.submit, self.cluster, who, action, request.skip_cache_lookup, writer)
         yield from follow(op, request.instance_name, context)
 
     @streaming
@@ -65,7 +72,7 @@ class ExecutionService(re_grpc.ExecutionServicer):
         self, request: re_pb2.WaitExecutionRequest, context: grpc.ServicerContext
     ) -> Iterator[operations_pb2.Operation]:
         who = principal()
-        op = operations.find(who.tenant_id, self.cluster, request.name)
+        op = db_threads.run(operations.find, who.tenant_id, self.cluster, request.name)
         yield from follow(op, _instance_of(request.name), context)
 
 

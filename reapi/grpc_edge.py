@@ -181,15 +181,37 @@ QUICK_METHODS = frozenset(
 )
 
 
+# Calls that wait for an operation for as long as the action runs (minutes): Bazel keeps one
+# open per remote action, so with --jobs=200 two hundred of them. On a pool of their own, with
+# a thread each (they hold no database connection while they wait: execution_service.follow),
+# they never take the threads that cache calls need.
+WAITING_METHODS = frozenset(
+    {
+        "/build.bazel.remote.execution.v2.Execution/Execute",
+        "/build.bazel.remote.execution.v2.Execution/WaitExecution",
+        "/google.longrunning.Operations/WaitOperation",
+    }
+)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates every call once, checks the method's scope, and hands the principal on.
 
     With `quick_pool`, the QUICK_METHODS run on that thread pool (grpc's per-handler
-    `experimental_thread_pool`) rather than the server's.
+    `experimental_thread_pool`) rather than the server's; with `waiting_pool`, the
+    WAITING_METHODS run on that one.
     """
 
-    def __init__(self, quick_pool: futures.ThreadPoolExecutor | None = None) -> None:
-        self.quick_pool = quick_pool
+    def __init__(
+        self,
+        quick_pool: futures.ThreadPoolExecutor | None = None,
+        waiting_pool: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.pools: dict[str, futures.ThreadPoolExecutor] = {}
+        if quick_pool is not None:
+            self.pools.update(dict.fromkeys(QUICK_METHODS, quick_pool))
+        if waiting_pool is not None:
+            self.pools.update(dict.fromkeys(WAITING_METHODS, waiting_pool))
 
     def intercept_service(
         self,
@@ -211,8 +233,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             refusal = err
             return _replace_behaviour(handler, lambda _inner, streams: _deny(refusal, streams))
         allowed = _replace_behaviour(handler, lambda inner, streams: _with_principal(inner, who, streams))
-        if self.quick_pool is not None and method in QUICK_METHODS and allowed.unary_unary:
-            allowed.unary_unary.experimental_thread_pool = self.quick_pool  # type: ignore[attr-defined]
+        pool = self.pools.get(method)
+        if pool is not None:
+            behaviour = allowed.unary_unary or allowed.unary_stream
+            behaviour.experimental_thread_pool = pool  # type: ignore[union-attr]
         return allowed
 
 

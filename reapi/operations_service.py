@@ -10,6 +10,7 @@ import time
 import grpc
 from google.protobuf import empty_pb2
 
+from reapi import db_threads
 from reapi.errors import FailedPrecondition, InvalidArgument
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
@@ -78,7 +79,8 @@ class OperationsService(ops_grpc.OperationsServicer):
     def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: grpc.ServicerContext
     ) -> operations_pb2.Operation:
-        op = self._find(request.name)
+        # A thread of its own that waits without a database connection (reapi/db_threads.py).
+        op = db_threads.run(operations.find, principal().tenant_id, self.cluster, request.name)
         limit = MAX_WAIT_SECONDS
         if request.HasField("timeout"):
             limit = min(max(request.timeout.ToTimedelta().total_seconds(), 0.0), MAX_WAIT_SECONDS)
@@ -87,8 +89,7 @@ class OperationsService(ops_grpc.OperationsServicer):
             limit = min(limit, max(remaining - 0.5, 0.0))
         deadline = time.monotonic() + limit
         while not op.done and (left := deadline - time.monotonic()) > 0 and context.is_active():
-            watch.wait(op.pk, op.version, left)
-            op.refresh_from_db()
+            op = watch.wait(op.pk, op.version, min(left, 1.0)) or op
         return operations.to_proto(op)
 
     @unary

@@ -48,11 +48,21 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
         # Several `reapi serve` processes may share one port (--processes).
         ("grpc.so_reuseport", 1),
     ]
+    waiting = settings.REAPI_WAITING_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"reapi-{cluster}"),
-        interceptors=[AuthInterceptor(quick_pool=_quick_pool(cluster))],
+        interceptors=[
+            AuthInterceptor(
+                quick_pool=_quick_pool(cluster),
+                waiting_pool=futures.ThreadPoolExecutor(
+                    max_workers=waiting, thread_name_prefix=f"reapi-{cluster}-waiting"
+                ),
+            )
+        ],
         options=options,
-        maximum_concurrent_rpcs=threads * 8,
+        # Beyond this, calls are refused with RESOURCE_EXHAUSTED rather than queued without
+        # bound behind busy threads.
+        maximum_concurrent_rpcs=threads * 8 + waiting,
     )
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(cluster, exec_enabled=True), server)
     re_grpc.add_ContentAddressableStorageServicer_to_server(CasService(cluster), server)

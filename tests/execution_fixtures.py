@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import redis
@@ -314,3 +315,29 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def database_connections(pid: int) -> int:
+    """How many connections process `pid` holds to the tests' database (DATABASE_URL).
+
+    SQLite (in WAL mode): handles on the `-wal` file, one per open connection. Not the database
+    file's own: SQLite defers closing those while other connections of the process hold locks
+    on it, and reuses them. PostgreSQL: established TCP connections to its port."""
+    url = os.environ["DATABASE_URL"]
+    links = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            continue  # closed while we looked
+    if url.startswith("sqlite:///"):
+        return links.count(url.removeprefix("sqlite:///") + "-wal")
+    port = urlsplit(url).port or 5432
+    sockets = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += remote_port == port and state == "01" and inode in sockets  # 01: ESTABLISHED
+    return count

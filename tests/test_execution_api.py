@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from reapi import db_threads
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.rpc import status_pb2
@@ -22,6 +23,7 @@ from tests.execution_fixtures import (
     Link,
     WorkerProcess,
     aux_pool,
+    database_connections,
     execute,
     execute_stream,
     execution,
@@ -330,6 +332,37 @@ def test_cancel_ends_a_queued_operation_at_once(client: Client) -> None:
         operations_pb2.CancelOperationRequest(name=first.name), metadata=client.metadata
     )
     assert response(list(stream)[-1]).status.code == CANCELLED
+
+
+def test_more_waiting_executes_than_threads_leave_the_cache_served(
+    server: ReapiServer, client: Client
+) -> None:
+    # Bazel keeps an Execute stream open per remote action (--jobs of them). No arm64 worker
+    # runs in this module, so these all wait in their queue: more of them than the server's 32
+    # handler threads, and each waiting without a database connection of its own.
+    assert server.proc is not None
+    actions = [
+        ActionSpec(["/bin/echo", f"waiting {i}"], platform={"Arch": "arm64"}).upload(client)
+        for i in range(48)
+    ]
+    before = database_connections(server.proc.pid)
+    streams = [execute_stream(client, action, timeout=120) for action in actions]
+    firsts = [next(stream) for stream in streams]
+    assert [stage(first) for first in firsts] == [QUEUED] * len(actions)
+
+    # Cache calls are still answered: they do not queue behind the waiting streams.
+    blob = os.urandom(100)
+    assert client.missing(digest(blob)) == [digest(blob)]
+    client.upload(blob)
+    assert client.batch_read(digest(blob)).responses[0].data == blob
+    # At most the lent database threads' and the watcher's, never one per stream.
+    assert database_connections(server.proc.pid) <= before + db_threads.THREADS + 1
+
+    for first in firsts:
+        ops(client).CancelOperation(
+            operations_pb2.CancelOperationRequest(name=first.name), metadata=client.metadata
+        )
+    assert [response(list(stream)[-1]).status.code for stream in streams] == [CANCELLED] * len(actions)
 
 
 def test_a_timed_out_action_is_deadline_exceeded(client: Client, worker: WorkerProcess) -> None:

@@ -1,17 +1,23 @@
 """How a waiting Execute stream learns that its operation changed.
 
 One thread per server process reads the versions of every watched operation in one query per
-tick, so a hundred open streams cost what one does. With Redis as the broker, workers also
-publish each change, which wakes that thread at once; the tick is then only a safety net.
+tick, so a hundred open streams cost what one does, and reads the rows that changed for their
+waiters: a waiting stream holds no database connection of its own (a thousand open streams
+would otherwise need a thousand). With Redis as the broker, workers also publish each change,
+which wakes that thread at once; the tick is then only a safety net.
 """
 
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
 from django.db import close_old_connections
+
+if TYPE_CHECKING:
+    from workers.models import Operation
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +53,14 @@ class Watcher:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._watching: dict[int, int] = {}  # operation id -> waiters
-        self._versions: dict[int, int] = {}
+        self._rows: dict[int, Operation] = {}  # the newest row read of each watched operation
         self._kick = threading.Event()
         self._started = False
         self._interval = POLL_SECONDS
 
-    def wait(self, op_id: int, seen_version: int, timeout: float) -> bool:
-        """Block until the operation's version passes `seen_version`; False on timeout."""
+    def wait(self, op_id: int, seen_version: int, timeout: float) -> "Operation | None":
+        """Block until the operation's version passes `seen_version` and return the row as
+        the watcher read it; None on timeout."""
         self._start()
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -61,19 +68,19 @@ class Watcher:
             # Poll now: the change may have landed between the caller's read and this wait.
             self._kick.set()
             try:
-                while self._versions.get(op_id, seen_version) <= seen_version:
+                while (row := self._rows.get(op_id)) is None or row.version <= seen_version:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return False
+                        return None
                     self._cond.wait(remaining)
-                return True
+                return row
             finally:
                 left = self._watching[op_id] - 1
                 if left:
                     self._watching[op_id] = left
                 else:
                     del self._watching[op_id]
-                    self._versions.pop(op_id, None)
+                    self._rows.pop(op_id, None)
 
     def _start(self) -> None:
         if self._started:
@@ -99,20 +106,26 @@ class Watcher:
             if not ids:
                 continue
             try:
-                rows = dict(Operation.objects.filter(id__in=ids).values_list("id", "version"))
+                versions = dict(Operation.objects.filter(id__in=ids).values_list("id", "version"))
+                with self._cond:
+                    stale = [i for i, v in versions.items() if i in self._watching and self._seen(i) != v]
+                # Rows only for what changed: most ticks read versions alone.
+                fresh = list(Operation.objects.filter(id__in=stale)) if stale else []
             except Exception:
                 log.exception("polling operations failed")
                 close_old_connections()
                 time.sleep(1)
                 continue
-            with self._cond:
-                changed = False
-                for op_id, version in rows.items():
-                    if op_id in self._watching and self._versions.get(op_id) != version:
-                        self._versions[op_id] = version
-                        changed = True
-                if changed:
+            if fresh:
+                with self._cond:
+                    for row in fresh:
+                        if row.pk in self._watching:
+                            self._rows[row.pk] = row
                     self._cond.notify_all()
+
+    def _seen(self, op_id: int) -> int | None:
+        row = self._rows.get(op_id)
+        return row.version if row is not None else None
 
     def _listen(self, url: str) -> None:
         while True:
@@ -129,5 +142,6 @@ class Watcher:
 _watcher = Watcher()
 
 
-def wait(op_id: int, seen_version: int, timeout: float) -> bool:
+def wait(op_id: int, seen_version: int, timeout: float) -> "Operation | None":
+    """The operation's row once its version passes `seen_version`, or None after `timeout`."""
     return _watcher.wait(op_id, seen_version, timeout)
