@@ -6,11 +6,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.servers import ROOT, free_port
+from tests.execution_fixtures import ActionSpec, run
+from tests.reapi_client import Client, digest
+from tests.servers import ROOT, free_port, manage
 
 
 def test_runall_serves_the_portal_and_both_clusters_then_stops_cleanly() -> None:
@@ -53,6 +56,7 @@ def test_runall_serves_the_portal_and_both_clusters_then_stops_cleanly() -> None
             assert status.status == health_pb2.HealthCheckResponse.SERVING
         workers = [line for line in lines if line.startswith("worker ")]
         assert any("external" in w for w in workers) and any("internal" in w for w in workers), text
+        follow_the_welcome(text, external, env)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -68,3 +72,39 @@ def test_runall_serves_the_portal_and_both_clusters_then_stops_cleanly() -> None
                 raise AssertionError(f"port {port} still serves after runall stopped")
             except grpc.RpcError as err:
                 assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def follow_the_welcome(text: str, external: int, env: dict[str, str]) -> None:
+    """Do what the welcome says, as a new user would: the printed commands make a tenant, a
+    member and a token; with that token the external endpoint serves the cache, and an action
+    runs on the worker runall started."""
+    slug, user = f"run{uuid.uuid4().hex[:8]}", f"alice-{uuid.uuid4().hex[:8]}"
+    printed = [
+        line.split("manage.py ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("  .venv/bin/python manage.py ")
+    ]
+    assert [command.split()[:2] for command in printed] == [
+        ["tenant", "create"],
+        ["tenant", "add-member"],
+        ["token", "issue"],
+    ]
+    for command in printed:
+        done = manage(*command.replace("acme", slug).replace("alice", user).split())
+    pat = done.stdout.strip().splitlines()[-1]
+    assert pat.startswith("aw_pat_"), done.stdout
+    ready_made = text.split("ready-made:", 1)[1].split("\n", 1)[0].split("manage.py ", 1)[1]
+    assert "add --execution to that command" in text
+    ready_made = ready_made.replace("acme", slug).replace("aw_pat_…", pat) + " --execution"
+    snippet = manage(*ready_made.split(), env=env).stdout
+    assert f"--remote_executor=grpc://127.0.0.1:{external}" in snippet, snippet
+
+    with grpc.insecure_channel(f"127.0.0.1:{external}") as channel:
+        client = Client(channel, pat)
+        blob = os.urandom(1000)
+        client.upload(blob)
+        assert client.missing(digest(blob)) == []
+        reply = run(client, ActionSpec(["/bin/sh", "-c", f"echo {slug} > out"], output_files=["out"]))
+        assert reply.status.code == 0 and reply.result.exit_code == 0, reply
+        (out,) = reply.result.output_files
+        assert client.read(out.digest) == f"{slug}\n".encode()

@@ -132,6 +132,7 @@ Then put this in your workspace's .bazelrc (the last line of `token issue` is th
   build --remote_cache={ext}
   build --remote_header=X-Aspect=aw_pat_…
 or print it ready-made:  .venv/bin/python manage.py bazelrc --tenant acme --cluster external --token aw_pat_…
+To run the actions on the workers started here, add --execution to that command.
 Stop everything with Ctrl-C.
 """
         )
