@@ -75,7 +75,7 @@ def remote_flags(server: ReapiServer, pat: str) -> tuple[str, ...]:
         f"--remote_executor={server.url}",
         f"--remote_header=X-Aspect={pat}",
         "--spawn_strategy=remote",
-        "--jobs=16",
+        "--jobs=64",  # more actions in flight than the server has handler threads (32)
     )
 
 
