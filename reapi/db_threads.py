@@ -14,7 +14,9 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-THREADS = 4
+# Enough for a burst of Executes (starting one reads the Action and Command from the CAS and
+# looks in the action cache: milliseconds on S3), few against a database connection limit.
+THREADS = 8
 
 _pool = futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="reapi-db")
 
