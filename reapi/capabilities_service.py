@@ -34,6 +34,7 @@ class CapabilitiesService(re_grpc.CapabilitiesServicer):
                 max_batch_total_size_bytes=clusters.max_batch_bytes(),
                 symlink_absolute_path_strategy=re_pb2.SymlinkAbsolutePathStrategy.DISALLOWED,
                 supported_compressors=[Compressor.ZSTD],
+                supported_batch_update_compressors=[Compressor.ZSTD],
             ),
             low_api_version=semver_pb2.SemVer(major=2, minor=0),
             high_api_version=semver_pb2.SemVer(major=2, minor=3),
