@@ -1,6 +1,7 @@
 """Bar charts as inline SVG, drawn on the server: no script, no CDN, readable without colour
 (each series has a pattern-free legend and the numbers are in a table beside the chart)."""
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -34,10 +35,41 @@ def nice_max(value: int) -> int:
         step *= 10
 
 
+# A chart's vertical axis: its top, and how a grid line's value is labelled.
+Axis = tuple[int, Callable[[int], str]]
+
+
+def count_axis(largest: int) -> Axis:
+    return nice_max(largest), str
+
+
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def byte_axis(largest: int) -> Axis:
+    """Four round steps in the binary unit of the largest value, every label in that unit
+    (0, 1 KiB, 2 KiB, …), rather than round decimal steps that read 2.0 KiB, 2.9 KiB."""
+    power = 0
+    while largest >= 1024 ** (power + 1) and power < len(BYTE_UNITS) - 1:
+        power += 1
+    unit = 1024**power
+    if power == 0:
+        return nice_max(largest), lambda v: f"{v} B" if v else "0"
+    needed = largest / unit / GRID_STEPS
+    step = 10.0 ** math.floor(math.log10(needed))
+    step = next(m * step for m in (1, 2, 5, 10) if m * step >= needed)
+    return round(GRID_STEPS * step * unit), lambda v: f"{v / unit:g} {BYTE_UNITS[power]}" if v else "0"
+
+
 def bar_chart(
-    title: str, days: Sequence[date], series: Sequence[Series], fmt: Callable[[int], str] = str
+    title: str,
+    days: Sequence[date],
+    series: Sequence[Series],
+    fmt: Callable[[int], str] = str,
+    axis: Callable[[int], Axis] = count_axis,
 ) -> SafeString:
-    top = nice_max(max([0, *(v for s in series for v in s.values)]))
+    """`fmt` writes a bar's value in its tooltip; `axis` scales and labels the grid."""
+    top, label = axis(max([0, *(v for s in series for v in s.values)]))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(days), 1)
     bar = max(slot * 0.8 / max(len(series), 1), 1)
@@ -50,7 +82,7 @@ def bar_chart(
         y = TOP + plot_h - plot_h * i / GRID_STEPS
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(value))}</text>'
+            f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label(value))}</text>'
         )
     for d_index, day in enumerate(days):
         x0 = LEFT + slot * d_index + slot * 0.1

@@ -79,4 +79,5 @@ def bytes_chart(days: list[Day]) -> SafeString:
             charts.Series("served", [d.bytes_served for d in days], "s-served"),
         ],
         fmt=charts.human_bytes,
+        axis=charts.byte_axis,
     )

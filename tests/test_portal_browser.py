@@ -16,6 +16,7 @@ from portal.models import AccessToken, Invitation, Tenant
 from tests.oidc import OidcProvider, PortalServer
 from tests.reapi_client import Client
 from tests.servers import ReapiServer
+from tests.usage_traffic import EXPECTED, traffic, usage_of
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -117,13 +118,14 @@ def test_an_admin_does_everything_in_the_browser(
     assert page.evaluate("navigator.clipboard.readText()") == snippet
     assert all(pat not in c["value"] for c in context.cookies())
 
-    # The token works on a real REAPI server.
+    # The token works on a real REAPI server; what it does there is counted for the Usage page.
     with external_server.channel() as channel:
         assert (
             Client(channel, pat)
             .get_capabilities()
             .cache_capabilities.action_cache_update_capabilities.update_enabled
         )
+    traffic(external_server, pat)
 
     # Change the cache mode.
     page.get_by_role("link", name="Cache mode").click()
@@ -153,6 +155,12 @@ def test_an_admin_does_everything_in_the_browser(
             assert time.monotonic() < deadline, "revocation did not reach the server within 5 s"
             time.sleep(0.2)
 
+    # The server saves its counters every REAPI_USAGE_FLUSH_SECONDS (10).
+    deadline = time.monotonic() + 15
+    while usage_of(tenant) != EXPECTED:
+        assert time.monotonic() < deadline, usage_of(tenant)
+        time.sleep(0.5)
+
     # The other pages.
     for link, name in (
         ("Members", "09-members"),
@@ -164,6 +172,9 @@ def test_an_admin_does_everything_in_the_browser(
         page.get_by_role("navigation").get_by_role("link", name=link, exact=True).click()
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         shoot(page, artifacts, name)
+        if name == "10-usage":
+            expect(page.locator("#total-hits")).to_have_text("1")
+            expect(page.locator("#total-misses")).to_have_text("2")
     audit = page.locator("#audit-table").inner_text()
     for event in ("login", "token.issue", "token.first_use", "token.revoke", "tenant.mode", "member.join"):
         assert event in audit, event

@@ -5,7 +5,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from portal.charts import Series, bar_chart, nice_max
+from portal.charts import Series, bar_chart, byte_axis, nice_max
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,25 @@ def test_every_grid_label_names_the_value_at_its_line() -> None:
     # The tallest bar (5) reaches 5/8 of the way up.
     heights = [float(h) for h in re.findall(r'height="([\d.]+)"><title>', svg)]
     assert abs(max(heights) / (bottom - top_line) - 5 / 8) < 1e-3
+
+
+KIB, GIB = 1024, 1024**3
+
+
+@pytest.mark.parametrize(
+    ("largest", "top", "labels"),
+    [
+        (0, 4, ["0", "1 B", "2 B", "3 B", "4 B"]),
+        (900, 2000, ["0", "500 B", "1000 B", "1500 B", "2000 B"]),
+        (4000, 4 * KIB, ["0", "1 KiB", "2 KiB", "3 KiB", "4 KiB"]),
+        (1500, 2 * KIB, ["0", "0.5 KiB", "1 KiB", "1.5 KiB", "2 KiB"]),
+        (3 * GIB, 4 * GIB, ["0", "1 GiB", "2 GiB", "3 GiB", "4 GiB"]),
+        (70 * GIB, 80 * GIB, ["0", "20 GiB", "40 GiB", "60 GiB", "80 GiB"]),
+    ],
+)
+def test_a_bytes_axis_steps_roundly_in_the_largest_values_unit(
+    largest: int, top: int, labels: list[str]
+) -> None:
+    axis_top, label = byte_axis(largest)
+    assert axis_top == top
+    assert [label(top * i // 4) for i in range(5)] == labels
