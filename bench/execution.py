@@ -22,12 +22,10 @@ target is missed.
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,8 @@ from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
+from tests.reapi_client import digest  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -56,16 +56,6 @@ TARGETS = {"overhead p50": (100.0, False), "overhead p95": (300.0, False), "thro
 
 def log(line: str) -> None:
     print(line, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def digest(data: bytes) -> re_pb2.Digest:
-    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
 class Rig:

@@ -3,7 +3,6 @@ child process on a free loopback port, in a throw-away data directory, always st
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import grpc
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from tests.servers import free_port, stop_process
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -23,12 +23,6 @@ ROOT = BENCH.parent
 # exact so two runs compare the same server.
 BUILDGRID_VERSIONS = ("0.4.4", "0.4.3", "0.3.5")
 BUILDGRID_VENV = BENCH / ".venv-buildgrid"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_serving(
@@ -48,17 +42,6 @@ def wait_serving(
         except grpc.RpcError:
             time.sleep(0.2)
     raise RuntimeError(f"server on {address} did not answer within 60 s:\n{log.read_text()[-4000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class Ours:
@@ -150,14 +133,14 @@ class Running:
         try:
             wait_serving(self.address, self.proc, self.log, self.metadata)
         except BaseException:
-            stop(self.proc)
+            stop_process(self.proc, timeout=20)
             raise
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        stop(self.proc)
+        stop_process(self.proc, timeout=20)
 
 
 # --- BuildGrid ------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def cold_find_missing(ours: servers.Ours, env: dict[str, str]) -> list[float]:
                 upload.BatchUpdateBlobs(
                     re_pb2.BatchUpdateBlobsRequest(
                         requests=[
-                            re_pb2.BatchUpdateBlobsRequest.Request(digest=workloads.digest_of(b), data=b)
+                            re_pb2.BatchUpdateBlobsRequest.Request(digest=workloads.digest(b), data=b)
                             for b in blobs[i : i + workloads.BATCH]
                         ]
                     ),
@@ -97,7 +97,7 @@ def cold_find_missing(ours: servers.Ours, env: dict[str, str]) -> list[float]:
                 )
             absent = [re_pb2.Digest(hash=os.urandom(32).hex(), size_bytes=2048) for _ in range(half)]
             request = re_pb2.FindMissingBlobsRequest(
-                blob_digests=[workloads.digest_of(b) for b in blobs] + absent
+                blob_digests=[workloads.digest(b) for b in blobs] + absent
             )
             t0 = time.perf_counter()
             reply = cas.FindMissingBlobs(request, metadata=ours.metadata, timeout=60)

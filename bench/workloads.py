@@ -22,6 +22,7 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from tests.reapi_client import digest
 
 MIB = 1024 * 1024
 BIG_BLOB = 64 * MIB
@@ -65,10 +66,6 @@ class Result:
     @property
     def value(self) -> float:
         return statistics.median(self.samples)
-
-
-def digest_of(data: bytes) -> re_pb2.Digest:
-    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
 def small_blobs(count: int, rng: random.Random) -> list[bytes]:
@@ -129,7 +126,7 @@ class Bench:
         written: list[re_pb2.Digest] = []
         for _ in range(self.rounds):
             data = os.urandom(BIG_BLOB)
-            d = digest_of(data)
+            d = digest(data)
             chunks = [data[o : o + WRITE_CHUNK] for o in range(0, len(data), WRITE_CHUNK)]
             name = f"{self._prefix()}uploads/{uuid.uuid4()}/blobs/{d.hash}/{d.size_bytes}"
 
@@ -178,7 +175,7 @@ class Bench:
             re_pb2.BatchUpdateBlobsRequest(
                 instance_name=self.target.instance,
                 requests=[
-                    re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(b), data=b)
+                    re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b)
                     for b in blobs[i : i + BATCH]
                 ],
             )
@@ -210,11 +207,11 @@ class Bench:
         return result
 
     def _batch_read(self, blobs: list[bytes]) -> float:
-        expected = {digest_of(b).hash: b for b in blobs}
+        expected = {digest(b).hash: b for b in blobs}
         requests = [
             re_pb2.BatchReadBlobsRequest(
                 instance_name=self.target.instance,
-                digests=[digest_of(b) for b in blobs[i : i + BATCH]],
+                digests=[digest(b) for b in blobs[i : i + BATCH]],
             )
             for i in range(0, len(blobs), BATCH)
         ]
@@ -251,7 +248,7 @@ class Bench:
             extra = small_blobs(half - len(self.uploaded), self.rng)
             self._batch_update(extra)
             self.uploaded.extend(extra)
-        present = [digest_of(b) for b in self.uploaded[:half]]
+        present = [digest(b) for b in self.uploaded[:half]]
         stub = re_grpc.ContentAddressableStorageStub(self.channels[0])
         for r in range(2 * self.rounds + 1):
             # Fresh absent digests every time: a server may not answer from memory what it
@@ -289,7 +286,7 @@ class Bench:
         reply = cas.BatchUpdateBlobs(
             re_pb2.BatchUpdateBlobsRequest(
                 instance_name=self.target.instance,
-                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=digest_of(b), data=b) for b in blobs],
+                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in blobs],
             ),
             metadata=self.md,
             timeout=CALL_TIMEOUT,
@@ -297,16 +294,16 @@ class Bench:
         if any(r.status.code != 0 for r in reply.responses):
             raise RuntimeError("could not upload the action result's outputs")
         action = re_pb2.Action(
-            command_digest=digest_of(os.urandom(200)), input_root_digest=digest_of(os.urandom(300))
+            command_digest=digest(os.urandom(200)), input_root_digest=digest(os.urandom(300))
         )
-        action_digest = digest_of(action.SerializeToString())
+        action_digest = digest(action.SerializeToString())
         action_result = re_pb2.ActionResult(
             output_files=[
-                re_pb2.OutputFile(path=path, digest=digest_of(data), is_executable=path.endswith("/app"))
+                re_pb2.OutputFile(path=path, digest=digest(data), is_executable=path.endswith("/app"))
                 for path, data in outputs.items()
             ],
             exit_code=0,
-            stdout_digest=digest_of(stdout),
+            stdout_digest=digest(stdout),
             execution_metadata=re_pb2.ExecutedActionMetadata(worker="bench"),
         )
         re_grpc.ActionCacheStub(self.channels[0]).UpdateActionResult(

@@ -18,7 +18,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, free_port, stop_process
 
 CLIENT_ID = "portal"
 CLIENT_SECRET = "portal-secret-" + uuid.uuid4().hex
@@ -39,16 +39,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} not up after {timeout}s:\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class OidcProvider:
@@ -133,7 +123,7 @@ class OidcProvider:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc, timeout=10)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -208,4 +198,4 @@ class PortalServer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        _stop(self.proc)
+        stop_process(self.proc, timeout=10)
