@@ -37,6 +37,28 @@ def envint(name: str, default: int) -> int:
         raise SettingError(f"{name} must be an integer, not {value!r}") from None
 
 
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'500M', '10G', '1T' or a plain number of bytes (binary multiples); ValueError otherwise."""
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    factor = _SIZE_UNITS.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _SIZE_UNITS else text
+    value = int(float(number) * factor)
+    if value < 0:
+        raise ValueError(f"{text!r} is negative")
+    return value
+
+
+def envbytes(name: str, default: str) -> int:
+    value = env(name, default)
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise SettingError(f"{name} must be a size such as 512M or 4G, not {value!r}") from None
+
+
 def envlist(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 

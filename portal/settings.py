@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from portal.env import env, envbool, envint, envlist, required
+from portal.env import env, envbool, envbytes, envint, envlist, required
 from portal.storage_urls import storage_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -162,6 +162,21 @@ REAPI_DEFAULT_ACTION_TIMEOUT = envint("REAPI_DEFAULT_ACTION_TIMEOUT", 900)
 REAPI_WORKER_LEASE_SECONDS = envint("REAPI_WORKER_LEASE_SECONDS", 30)
 REAPI_MAX_DELIVERIES = envint("REAPI_MAX_DELIVERIES", 3)
 REAPI_EXEC_DIR = Path(env("REAPI_EXEC_DIR", str(DATA_DIR / "exec")))
+# Every action runs in a bubblewrap sandbox (workers/sandbox.py); `off` only on purpose: a worker
+# then warns on every action. Actions run as this unprivileged uid/gid when the worker is root.
+REAPI_SANDBOX = envbool("REAPI_SANDBOX", True)
+REAPI_SANDBOX_UID = envint("REAPI_SANDBOX_UID", 65534)
+REAPI_SANDBOX_GID = envint("REAPI_SANDBOX_GID", 65534)
+# Limits per action; a pool's options override them (workers/pools.py).
+REAPI_SANDBOX_MEMORY = envbytes("REAPI_SANDBOX_MEMORY", "4G")
+REAPI_SANDBOX_PIDS = envint("REAPI_SANDBOX_PIDS", 1024)
+REAPI_SANDBOX_NOFILE = envint("REAPI_SANDBOX_NOFILE", 4096)
+REAPI_SANDBOX_FILE_SIZE = envbytes("REAPI_SANDBOX_FILE_SIZE", "4G")
+REAPI_SANDBOX_OUTPUT_BYTES = envbytes("REAPI_SANDBOX_OUTPUT_BYTES", "8G")
+# Host directories actions see read-only besides the system ones (a toolchain in /opt), and
+# files or directories under those that they must not see (secrets kept in /etc).
+REAPI_SANDBOX_READ_ONLY = envlist("REAPI_SANDBOX_READ_ONLY")
+REAPI_SANDBOX_HIDE = envlist("REAPI_SANDBOX_HIDE")
 
 # --- Celery ----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")

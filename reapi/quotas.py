@@ -21,6 +21,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import close_old_connections
 
+from portal.env import parse_size
 from portal.models import Tenant
 from reapi.errors import ResourceExhausted
 from reapi.models import TenantQuota
@@ -56,15 +57,10 @@ def remove_quota(tenant: Tenant, cluster: str) -> bool:
 
 def parse_bytes(text: str) -> int:
     """'500M', '10G', '1T' or a plain number of bytes (binary multiples)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
     try:
-        value = float(number) * factor
+        return parse_size(text)
     except ValueError:
         raise QuotaError(f"{text!r} is not a size (as in 500M, 10G)") from None
-    return int(value)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 TEST_ROOT = Path(tempfile.mkdtemp(prefix="awtest-"))
+# The sandbox's uid must be able to pass through (not list) the directories above an action's.
+TEST_ROOT.chmod(0o711)
 os.environ["DATA_DIR"] = str(TEST_ROOT / "data")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 if os.environ.get("TEST_DATABASE_URL"):

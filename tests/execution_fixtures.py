@@ -304,6 +304,22 @@ def in_thread(fn, *args):  # type: ignore[no-untyped-def]
     return join
 
 
+def pids_running(marker: str) -> dict[int, str]:
+    """The live processes whose command line holds `marker`, host pid -> command line: how a test
+    sees into a sandboxed action, which can write nothing outside its own directory."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and pid_alive(int(entry.name)):
+            found[int(entry.name)] = cmdline
+    return found
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -3,6 +3,7 @@ real `manage.py worker`, actions uploaded to the real CAS, Execute streams read 
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.execution_fixtures import (
     missing_details,
     ops,
     pid_alive,
+    pids_running,
     response,
     run,
     stage,
@@ -235,18 +237,17 @@ def test_a_platform_no_pool_serves_is_refused_naming_it(
     assert not Operation.objects.filter(action_hash=action.hash).exists()
 
 
-def test_identical_actions_in_flight_join_one_operation(
-    client: Client, worker: WorkerProcess, tmp_path: Path
-) -> None:
-    runs = tmp_path / "runs"
-    spec = ActionSpec(["/bin/sh", "-c", f"echo run >> {runs}; sleep 1; echo done > o"], output_files=["o"])
-    action = spec.upload(client)
+def test_identical_actions_in_flight_join_one_operation(client: Client, worker: WorkerProcess) -> None:
+    # Each run writes a fresh random value: one output for all three proves one run.
+    script = "sleep 1; cat /proc/sys/kernel/random/uuid > o"
+    action = ActionSpec(["/bin/sh", "-c", script], output_files=["o"]).upload(client)
     joins = [in_thread(execute, client, action) for _ in range(3)]
     results = [join() for join in joins]
     names = {updates[-1].name for updates in results}
     assert len(names) == 1, names
-    assert runs.read_text() == "run\n"
     assert all(response(updates[-1]).result.exit_code == 0 for updates in results)
+    outputs = {response(updates[-1]).result.output_files[0].digest.hash for updates in results}
+    assert len(outputs) == 1
 
 
 def test_wait_execution_follows_the_same_operation_to_its_end(client: Client, worker: WorkerProcess) -> None:
@@ -304,20 +305,20 @@ def test_operations_are_listed_got_and_waited_for_within_the_tenant_only(
         assert first.name not in [o.name for o in listed.operations]
 
 
-def test_cancel_kills_the_running_command(client: Client, worker: WorkerProcess, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    script = f"sleep 300 & echo $$ $! > {pids}.tmp; mv {pids}.tmp {pids}; wait"
-    action = ActionSpec(["/bin/sh", "-c", script]).upload(client)
+def test_cancel_kills_the_running_command(client: Client, worker: WorkerProcess) -> None:
+    marker = f"300.{uuid.uuid4().int % 10**9}"  # a sleep length no other process has
+    action = ActionSpec(["/bin/sh", "-c", f"sleep {marker} & wait; : {marker}"]).upload(client)
     stream = execute_stream(client, action)
     first = next(stream)
-    shell, child = (int(p) for p in wait_for(lambda: pids.exists() and pids.read_text().split()))
-    assert pid_alive(shell) and pid_alive(child)
+    # The sleep has started: the action's processes, as the host sees them.
+    wait_for(lambda: any(c.startswith("sleep ") for c in pids_running(marker).values()))
+    running = pids_running(marker)
     ops(client).CancelOperation(
         operations_pb2.CancelOperationRequest(name=first.name), metadata=client.metadata
     )
     last = list(stream)[-1]
     assert response(last).status.code == CANCELLED
-    wait_for(lambda: not pid_alive(shell) and not pid_alive(child), timeout=5)
+    wait_for(lambda: not any(pid_alive(p) for p in running), timeout=5)
 
 
 def test_cancel_ends_a_queued_operation_at_once(client: Client) -> None:
@@ -399,20 +400,26 @@ def test_execute_needs_the_execute_scope(server: ReapiServer, acme: Persona) -> 
         assert Client(channel, acme.pat()).get_capabilities().execution_capabilities.exec_enabled is True
 
 
-def test_an_action_that_kills_its_worker_is_not_delivered_forever(
-    client: Client, worker: WorkerProcess
-) -> None:
-    # Two arm64 workers allowed one delivery each: the first dies running the action, and the
-    # action fails instead of going round again (a poison action cannot loop).
+def test_an_action_whose_worker_dies_is_not_delivered_forever(client: Client, worker: WorkerProcess) -> None:
+    # Two arm64 workers allowed one delivery each: the first dies running the action (the
+    # sandbox keeps an action from killing its worker, so the test does it, as a crash of the
+    # machine would), and the action fails instead of going round again: a poison action
+    # cannot loop.
     env = {**EXEC_ENV, "REAPI_MAX_DELIVERIES": "1"}
-    action = ActionSpec(["/bin/sh", "-c", "kill -9 $PPID; sleep 5"], platform={"Arch": "arm64"}).upload(
-        client
-    )
+    action = ActionSpec(["/bin/sh", "-c", "sleep 30"], platform={"Arch": "arm64"}).upload(client)
     with (
         WorkerProcess("external", "arm64", env, 1) as first,
         WorkerProcess("external", "arm64", env, 1) as second,
     ):
-        reply = response(execute(client, action)[-1])
+        join = in_thread(execute, client, action)
+        op = wait_for(
+            lambda: (
+                Operation.objects.filter(action_hash=action.hash, stage=EXECUTING).exclude(worker="").first()
+            )
+        )
+        victim = first if op.worker == first.name else second
+        victim.kill()
+        reply = response(join()[-1])
         assert reply.status.code == INTERNAL, reply.status
         assert "not trying again" in reply.status.message
         assert [w.proc.poll() is None for w in (first, second) if w.proc].count(True) == 1

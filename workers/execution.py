@@ -18,12 +18,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from reapi import clusters, provenance
 from reapi.digests import Digest
-from reapi.errors import Internal, InvalidArgument, ReapiError, Unauthenticated
+from reapi.errors import FailedPrecondition, Internal, InvalidArgument, ReapiError, Unauthenticated
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from workers import inputs, operations, outputs, process
+from workers import inputs, operations, outputs, pools, process, sandbox
 from workers.models import Operation
 from workers.monitor import Identity, Monitor, force_rmtree
-from workers.scheduler import load_action, timeout_of
+from workers.paths import check_relative, resolve
+from workers.scheduler import load_action, platform_of, timeout_of
 
 log = logging.getLogger(__name__)
 
@@ -84,45 +85,60 @@ def execute(op: Operation, me: Identity, cancelled: threading.Event) -> re_pb2.E
     base = Path(me.exec_dir) / f"{op.name}.{op.attempt}"
     try:
         base.mkdir(parents=True)
-        return _execute_in(op, base, meta, cancelled)
+        return _execute_in(op, me, base, meta, cancelled)
     except ReapiError as err:
         return re_pb2.ExecuteResponse(status=operations.status_for(err), message=err.message)
-    except Exception as exc:
+    except Exception:
+        # The details stay in the worker's log: a client learns no path or exception text.
         log.exception("operation %s failed on the worker", op.name)
-        return re_pb2.ExecuteResponse(status=operations.status_for(Internal(f"worker error: {exc}")))
+        failure = Internal(f"the worker failed to run the action (operation {op.name}; see its log)")
+        return re_pb2.ExecuteResponse(status=operations.status_for(failure), message=failure.message)
     finally:
         force_rmtree(str(base))
 
 
 def _execute_in(
-    op: Operation, base: Path, meta: re_pb2.ExecutedActionMetadata, cancelled: threading.Event
+    op: Operation, me: Identity, base: Path, meta: re_pb2.ExecutedActionMetadata, cancelled: threading.Event
 ) -> re_pb2.ExecuteResponse:
     backend = clusters.backend(op.storage_alias)
     tenant = op.tenant.slug
     action_digest = Digest(op.action_hash, op.action_size)
     action, command, input_root = load_action(backend.cas, tenant, action_digest)
     timeout = timeout_of(action)
+    box = sandbox.current(Path(me.exec_dir))
+    pool = pools.get(me.cluster, me.pool)
+    network = ("network", "on") in {(n.lower(), v.strip().lower()) for n, v in platform_of(action, command)}
+    if network and not pool.network:
+        raise FailedPrecondition(f"network=on, but pool {pool.name} does not allow network access")
     root = base / "root"
+    workdir = (
+        check_relative(command.working_directory, "working directory") if command.working_directory else "."
+    )
 
     _stamp(meta.input_fetch_start_timestamp)
-    inputs.materialise(backend.cas, tenant, input_root, root)
-    workdir = (
-        root / inputs.check_relative(command.working_directory, "working directory")
-        if command.working_directory
-        else root
-    )
-    if not workdir.is_dir():
+    sandbox.prepare_base(base)
+    input_bytes = inputs.materialise(backend.cas, tenant, input_root, root, box.owner)
+    if not resolve(root, workdir, (), "working directory").is_dir():
         raise InvalidArgument(
             f"working directory {command.working_directory!r} is not a directory of the input root"
         )
-    outputs.prepare(workdir, command)
+    outputs.prepare(root, workdir, command, box.owner)
     _stamp(meta.input_fetch_completed_timestamp)
 
     env = {v.name: v.value for v in command.environment_variables}
-    stdout, stderr = base / "stdout", base / "stderr"
     _stamp(meta.execution_start_timestamp)
-    outcome = process.run(
-        list(command.arguments), workdir, env, stdout, stderr, timeout, cancelled, base / "pgid"
+    outcome, limit_message = sandbox.run(
+        box,
+        f"{sandbox.group_prefix(me.pid)}{op.name}.{op.attempt}",
+        pool.action_limits(),
+        network,
+        base,
+        workdir,
+        list(command.arguments),
+        env,
+        timeout,
+        cancelled,
+        input_bytes,
     )
     _stamp(meta.execution_completed_timestamp)
     if outcome.how == process.CANCELLED:
@@ -132,9 +148,10 @@ def _execute_in(
     uploader = outputs.Uploader(backend.cas, tenant)
     result = re_pb2.ActionResult(exit_code=outcome.exit_code)
     timed_out = outcome.how == process.TIMED_OUT
-    if not timed_out:
-        outputs.collect(uploader, workdir, command, result)
-    for path, field in ((stdout, result.stdout_digest), (stderr, result.stderr_digest)):
+    if outcome.how == process.OK:
+        aliases = (sandbox.SANDBOX_ROOT, str(root)) if box.enabled else (str(root),)
+        outputs.collect(uploader, root, workdir, command, result, aliases)
+    for path, field in ((base / "stdout", result.stdout_digest), (base / "stderr", result.stderr_digest)):
         if os.path.getsize(path):
             field.CopyFrom(outputs.to_proto(uploader.add_file(path)))
     uploader.flush()  # CAS first ...
@@ -144,11 +161,19 @@ def _execute_in(
 
     if timed_out:
         # REAPI: a timed-out action reports DEADLINE_EXCEEDED and MAY carry a partial result.
-        message = f"the action timed out after {timeout:g}s and was killed"
+        message = "; ".join(
+            filter(None, [f"the action timed out after {timeout:g}s and was killed", limit_message])
+        )
         return re_pb2.ExecuteResponse(
             result=result,
             status=operations.error_status(operations.DEADLINE_EXCEEDED_CODE, message),
             message=message,
+        )
+    if limit_message:
+        # The command ran and a limit ended it: an ordinary failed action (a non-zero exit,
+        # never cached), with the reason where Bazel shows it.
+        return re_pb2.ExecuteResponse(
+            result=result, status=operations.error_status(0, ""), message=limit_message
         )
     if outcome.exit_code == 0 and not action.do_not_cache:
         # ... then the action cache, recorded as written by the requester's token.

@@ -7,28 +7,14 @@ with a PreconditionFailure of MISSING violations), and can upload them and retry
 """
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from reapi import digests
 from reapi.cas import Cas
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, InvalidArgument, NotFound
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-
-
-def check_name(name: str, what: str) -> str:
-    # REAPI Directory: a node's name is one path component.
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise InvalidArgument(f"{what} name {name[:100]!r} is not a single path component")
-    return name
-
-
-def check_relative(path: str, what: str) -> str:
-    """A path inside the action's directory: relative, no `..`, no empty components."""
-    parts = PurePosixPath(path).parts
-    if not path or path.startswith("/") or ".." in parts or "\0" in path:
-        raise InvalidArgument(f"{what} {path[:200]!r} must be a relative path inside the input root")
-    return path
+from workers.paths import check_name
 
 
 def node_digest(d: re_pb2.Digest, what: str) -> Digest:
@@ -38,18 +24,23 @@ def node_digest(d: re_pb2.Digest, what: str) -> Digest:
         raise InvalidArgument(f"{what}: {exc.message}") from None
 
 
-def materialise(cas: Cas, tenant: str, root: Digest, dest: Path) -> int:
-    """Write the tree under `root` into `dest` (which must not exist); returns the file count."""
+def materialise(cas: Cas, tenant: str, root: Digest, dest: Path, owner: tuple[int, int] | None = None) -> int:
+    """Write the tree under `root` into `dest` (which must not exist); returns the bytes of its
+    files. Directories are owned by `owner` (the sandbox's uid), so the action can write in
+    them; files stay the worker's, so it can replace an input but not change it in place."""
     missing: list[Digest] = []
     pending = [(root, dest)]
-    files = 0
+    size = 0
     while pending:
         digest, path = pending.pop()
         directory = cas.directory(tenant, digest)
         if directory is None:
             missing.append(digest)
             continue
+        _check_unique(directory, digest)
         path.mkdir()
+        if owner:
+            os.chown(path, *owner)
         for f in directory.files:
             target = path / check_name(f.name, "input file")
             blob = node_digest(f.digest, f"input file {f.name}")
@@ -62,7 +53,7 @@ def materialise(cas: Cas, tenant: str, root: Digest, dest: Path) -> int:
             if f.node_properties.HasField("unix_mode"):
                 mode = f.node_properties.unix_mode.value & 0o7777
             os.chmod(target, mode)
-            files += 1
+            size += blob.size
         for s in directory.symlinks:
             # Capabilities advertise absolute symlinks as disallowed.
             if not s.target or s.target.startswith("/"):
@@ -76,7 +67,17 @@ def materialise(cas: Cas, tenant: str, root: Digest, dest: Path) -> int:
             f"{len(missing)} input blob(s) of the action are missing from the CAS, e.g. {missing[0]}",
             missing=tuple((d.hash, d.size) for d in missing),
         )
-    return files
+    return size
+
+
+def _check_unique(directory: re_pb2.Directory, digest: Digest) -> None:
+    # REAPI Directory: names are unique across files, directories and symlinks.
+    seen: set[str] = set()
+    names = [n.name for n in directory.files] + [n.name for n in directory.directories]
+    for name in names + [n.name for n in directory.symlinks]:
+        if name in seen:
+            raise InvalidArgument(f"directory {digest} names {name[:100]!r} more than once")
+        seen.add(name)
 
 
 def _write_blob(cas: Cas, tenant: str, digest: Digest, target: Path) -> None:

@@ -111,6 +111,9 @@ class Worker(models.Model):
     # Three missed heartbeats after the last one, by the worker's own heartbeat interval.
     offline_after = models.DateTimeField(default=timezone.now, db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # Whether its actions run in the sandbox (REAPI_SANDBOX), and may ask for the network.
+    sandboxed = models.BooleanField(default=False)
+    network = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return self.name

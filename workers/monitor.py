@@ -26,7 +26,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from reapi.errors import Internal
-from workers import operations, process
+from workers import cgroups, operations, pools, process, sandbox
 from workers.models import Operation, Worker
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,11 @@ class Monitor:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Register the worker; raises sandbox.SandboxUnavailable, before anything else, where
+        actions could not run sandboxed."""
         self._clean_stale_exec_dirs()
+        box = sandbox.current(Path(self.identity.exec_dir))
+        pool = pools.get(self.identity.cluster, self.identity.pool)
         Worker.objects.update_or_create(
             name=self.identity.name,
             defaults={
@@ -100,6 +104,8 @@ class Monitor:
                 "last_seen_at": timezone.now(),
                 "offline_after": offline_after(),
                 "stopped_at": None,
+                "sandboxed": box.enabled,
+                "network": pool.network,
             },
         )
         self.recover()
@@ -179,6 +185,9 @@ class Monitor:
             if pid.isdigit() and not _alive(int(pid)):
                 for group_file in Path(entry.path).glob("*/pgid"):
                     process.kill_left_behind(group_file)
+                controllers = cgroups.Controllers.find() if settings.REAPI_SANDBOX else None
+                if controllers is not None:
+                    cgroups.remove_stale(controllers, sandbox.group_prefix(int(pid)))
                 log.warning("removing what dead worker %s left in %s", pid, entry.path)
                 force_rmtree(entry.path)
 

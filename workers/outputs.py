@@ -9,13 +9,13 @@ import hashlib
 import os
 import stat
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from reapi import digests
 from reapi.cas import Cas
 from reapi.digests import Digest
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from workers.inputs import check_relative
+from workers.paths import check_relative, make_dirs, resolve
 
 SMALL_BLOB = 1024 * 1024
 COPY_CHUNK = 1024 * 1024
@@ -82,35 +82,58 @@ class Uploader:
                     raise err
 
 
-def prepare(workdir: Path, command: Command) -> None:
+def prepare(root: Path, workdir: str, command: Command, owner: tuple[int, int] | None) -> None:
     """Create what REAPI says exists before the command runs: the parents of every output,
-    and the output directories themselves (empty), as Bazel's local strategies do."""
+    and the output directories themselves (empty), as Bazel's local strategies do; owned by
+    `owner`, never through a symlink of the input tree."""
+
+    def under_workdir(rel: str, what: str) -> str:
+        return str(PurePosixPath(workdir, check_relative(rel, what)))
+
     if command.output_paths:
         for rel in command.output_paths:
-            (workdir / check_relative(rel, "output path")).parent.mkdir(parents=True, exist_ok=True)
+            parent = PurePosixPath(under_workdir(rel, "output path")).parent
+            make_dirs(root, str(parent), owner, "output path")
         return
     for rel in command.output_files:
-        (workdir / check_relative(rel, "output file")).parent.mkdir(parents=True, exist_ok=True)
+        parent = PurePosixPath(under_workdir(rel, "output file")).parent
+        make_dirs(root, str(parent), owner, "output file")
     for rel in command.output_directories:
-        (workdir / check_relative(rel, "output directory")).mkdir(parents=True, exist_ok=True)
+        make_dirs(root, under_workdir(rel, "output directory"), owner, "output directory")
 
 
 def _is_executable(mode: int) -> bool:
     return bool(mode & 0o111)
 
 
-def collect(uploader: Uploader, workdir: Path, command: Command, result: re_pb2.ActionResult) -> None:
-    """Add the outputs that exist to `result` (REAPI: a missing output is simply absent)."""
+def collect(
+    uploader: Uploader,
+    root: Path,
+    workdir: str,
+    command: Command,
+    result: re_pb2.ActionResult,
+    aliases: tuple[str, ...],
+) -> None:
+    """Add the outputs that exist to `result` (REAPI: a missing output is simply absent).
+
+    Outputs are found as the action saw them: through symlinks only while they lead back
+    inside the input root (`aliases` are the paths it had there); one leading outside is the
+    action's error, not a read of the worker's files."""
+
+    def find(rel: str, what: str) -> Path:
+        return resolve(root, str(PurePosixPath(workdir, check_relative(rel, what))), aliases, what)
+
     if command.output_paths:
-        files: list[str] = []
-        dirs: list[str] = []
+        files: list[tuple[str, Path]] = []
+        dirs: list[tuple[str, Path]] = []
         for rel in command.output_paths:
-            (dirs if (workdir / rel).is_dir() else files).append(rel)
+            path = find(rel, "output path")
+            (dirs if path.is_dir() else files).append((rel, path))
     else:
-        files, dirs = list(command.output_files), list(command.output_directories)
-    for rel in files:
-        path = workdir / rel
-        if not path.is_file():  # follows a symlink to its file
+        files = [(rel, find(rel, "output file")) for rel in command.output_files]
+        dirs = [(rel, find(rel, "output directory")) for rel in command.output_directories]
+    for rel, path in files:
+        if not path.is_file():
             continue
         result.output_files.add(
             path=rel,
@@ -118,21 +141,20 @@ def collect(uploader: Uploader, workdir: Path, command: Command, result: re_pb2.
             is_executable=_is_executable(path.stat().st_mode),
         )
     want_directories = command.output_directory_format != Command.OutputDirectoryFormat.TREE_ONLY
-    for rel in dirs:
-        path = workdir / rel
+    for rel, path in dirs:
         if not path.is_dir():
             continue
-        root, children = _directory(uploader, path)
-        tree = re_pb2.Tree(root=root, children=children)
+        root_dir, children = _directory(uploader, path)
+        tree = re_pb2.Tree(root=root_dir, children=children)
         out = result.output_directories.add(
             path=rel, tree_digest=to_proto(uploader.add_bytes(tree.SerializeToString(deterministic=True)))
         )
         if want_directories:
             # REAPI v2.3 DIRECTORY_ONLY/TREE_AND_DIRECTORY: every Directory is a blob too.
-            for directory in [root, *children]:
+            for directory in [root_dir, *children]:
                 uploader.add_bytes(directory.SerializeToString(deterministic=True))
             out.root_directory_digest.CopyFrom(
-                to_proto(digests.of(root.SerializeToString(deterministic=True)))
+                to_proto(digests.of(root_dir.SerializeToString(deterministic=True)))
             )
 
 
@@ -146,13 +168,13 @@ def _directory(
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
         if entry.is_symlink():
             directory.symlinks.add(name=entry.name, target=os.readlink(entry.path))
-        elif entry.is_dir():
+        elif entry.is_dir(follow_symlinks=False):
             sub, _ = _directory(uploader, Path(entry.path), below)
             d = digests.of(sub.SerializeToString(deterministic=True))
             directory.directories.add(name=entry.name, digest=to_proto(d))
             below.setdefault(d.hash, sub)
-        elif entry.is_file():
-            mode = entry.stat().st_mode
+        elif entry.is_file(follow_symlinks=False):
+            mode = entry.stat(follow_symlinks=False).st_mode
             directory.files.add(
                 name=entry.name,
                 digest=to_proto(uploader.add_file(entry.path)),

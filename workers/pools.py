@@ -1,18 +1,25 @@
 """Execution pools per cluster and the routing of an action's platform to one of them.
 
-DESIGN.md pools: `x86-64`, `arm64` or a custom name, configured per cluster as
-REAPI_POOLS_<CLUSTER>=NAME[:ARCH],... (the first is the default). The platform properties
-`Arch` (or Bazel's `cpu`), `OSFamily` and `Pool` choose the pool; a platform that no configured
-pool serves is refused at once with FAILED_PRECONDITION naming it, rather than queued forever.
+Pools are `x86-64`, `arm64` or a custom name, configured per cluster as
+REAPI_POOLS_<CLUSTER>=NAME[:ARCH][:OPTION...],... (the first is the default). Options set what
+the pool's sandbox allows: `network` (actions may ask for the network with the platform property
+`network=on`) and limits per action overriding the REAPI_SANDBOX_* defaults: `memory=4G`,
+`pids=1024`, `nofile=4096`, `file-size=4G`, `output=8G`.
+
+The platform properties `Arch` (or Bazel's `cpu`), `OSFamily`, `Pool` and `network` choose the
+pool; a platform that no configured pool serves is refused at once with FAILED_PRECONDITION
+naming it, rather than queued forever.
 """
 
+import dataclasses
 import platform as host_platform
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
 
+from portal.env import parse_size
 from reapi.errors import FailedPrecondition
 
 _ARCHES = {
@@ -26,7 +33,8 @@ _ARCHES = {
 }
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 OS_FAMILY = "linux"
-SUPPORTED = ("Arch", "cpu", "OSFamily", "Pool")
+SUPPORTED = ("Arch", "cpu", "OSFamily", "Pool", "network")
+NETWORK_PROPERTY = "network"
 
 
 class PoolConfigError(ValueError):
@@ -34,12 +42,48 @@ class PoolConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one action may use on a pool's workers."""
+
+    memory: int  # bytes, for the whole action (every process it starts)
+    pids: int  # processes and threads at once
+    nofile: int  # open files per process
+    file_size: int  # bytes, the largest file a process may write
+    output: int  # bytes written under the input root, all files together
+
+    @staticmethod
+    def defaults() -> "Limits":
+        return Limits(
+            memory=settings.REAPI_SANDBOX_MEMORY,
+            pids=settings.REAPI_SANDBOX_PIDS,
+            nofile=settings.REAPI_SANDBOX_NOFILE,
+            file_size=settings.REAPI_SANDBOX_FILE_SIZE,
+            output=settings.REAPI_SANDBOX_OUTPUT_BYTES,
+        )
+
+
+# Pool option name -> (Limits field, parser).
+_LIMIT_OPTIONS: dict[str, tuple[str, Callable[[str], int]]] = {
+    "memory": ("memory", parse_size),
+    "pids": ("pids", int),
+    "nofile": ("nofile", int),
+    "file-size": ("file_size", parse_size),
+    "output": ("output", parse_size),
+}
+
+
+@dataclass(frozen=True)
 class Pool:
     name: str
     arch: str
+    network: bool = False
+    limits: Limits | None = None  # None: the REAPI_SANDBOX_* defaults
 
     def queue(self, cluster: str) -> str:
         return queue_name(cluster, self.name)
+
+    def action_limits(self) -> Limits:
+        return self.limits or Limits.defaults()
 
 
 def normalise_arch(value: str) -> str | None:
@@ -53,7 +97,8 @@ def host_arch() -> str:
 def parse(entries: Iterable[str]) -> list[Pool]:
     pools: list[Pool] = []
     for entry in entries:
-        name, _, arch = entry.partition(":")
+        name, _, rest = entry.partition(":")
+        arch, *options = rest.split(":")
         if not NAME_RE.fullmatch(name):
             raise PoolConfigError(f"pool name {name!r} must be letters, digits, '.', '_' or '-'")
         if arch:
@@ -64,8 +109,33 @@ def parse(entries: Iterable[str]) -> list[Pool]:
             resolved = normalise_arch(name) or host_arch()
         if any(p.name == name for p in pools):
             raise PoolConfigError(f"pool {name!r} is configured twice")
-        pools.append(Pool(name, resolved))
+        network, limits = _options(name, options)
+        pools.append(Pool(name, resolved, network, limits))
     return pools
+
+
+def _options(pool: str, options: list[str]) -> tuple[bool, Limits | None]:
+    network = False
+    overrides: dict[str, int] = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if key == "network" and not eq:
+            network = True
+        elif key in _LIMIT_OPTIONS and value:
+            field, parser = _LIMIT_OPTIONS[key]
+            try:
+                number = parser(value)
+            except ValueError:
+                raise PoolConfigError(f"pool {pool}: {key}={value!r} is not a valid value") from None
+            if number <= 0:
+                raise PoolConfigError(f"pool {pool}: {key} must be positive")
+            overrides[field] = number
+        else:
+            known = ", ".join(["network", *(f"{k}=…" for k in _LIMIT_OPTIONS)])
+            raise PoolConfigError(f"pool {pool}: unknown option {option!r} (known: {known})")
+    if not overrides:
+        return network, None
+    return network, dataclasses.replace(Limits.defaults(), **overrides)
 
 
 def configured(cluster: str) -> list[Pool]:
@@ -107,6 +177,7 @@ def route(cluster: str, properties: list[tuple[str, str]]) -> Pool:
         )
 
     wanted_pool = wanted_arch = None
+    wants_network = False
     for name, value in properties:
         key = name.lower()
         if key in ("arch", "cpu"):
@@ -123,23 +194,35 @@ def route(cluster: str, properties: list[tuple[str, str]]) -> Pool:
             if wanted_pool not in (None, value):
                 raise refuse("it names two pools")
             wanted_pool = value
+        elif key == NETWORK_PROPERTY:
+            if value.strip().lower() not in ("on", "off"):
+                raise refuse(f"property {name}={value} must be on or off")
+            wants_network = value.strip().lower() == "on"
         else:
             raise refuse(f"property {name!r} is not supported (use {', '.join(SUPPORTED)})")
 
+    no_network = "network=on, but no such pool allows network access (pool option `network`)"
     if wanted_pool is not None:
         match = next((p for p in pools if p.name == wanted_pool), None)
         if match is None:
             raise refuse(f"there is no pool named {wanted_pool!r}")
         if wanted_arch is not None and match.arch != wanted_arch:
             raise refuse(f"pool {wanted_pool} runs {match.arch}, not {wanted_arch}")
+        if wants_network and not match.network:
+            raise refuse(f"network=on, but pool {wanted_pool} does not allow network access")
         return match
+    # Without a pool named, an action asking for the network goes only where it is allowed.
+    candidates = [p for p in pools if p.network] if wants_network else pools
     if wanted_arch is not None:
         # The pool named after the architecture first, else any pool running it.
-        for pool in pools:
+        for pool in candidates:
             if pool.name == wanted_arch:
                 return pool
-        for pool in pools:
+        for pool in candidates:
             if pool.arch == wanted_arch:
                 return pool
-        raise refuse(f"no pool runs {wanted_arch}")
-    return pools[0]
+        served_elsewhere = any(p.arch == wanted_arch for p in pools)
+        raise refuse(no_network if served_elsewhere else f"no pool runs {wanted_arch}")
+    if not candidates:
+        raise refuse(no_network)
+    return candidates[0]

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 OK = "ok"
 TIMED_OUT = "timed-out"
 CANCELLED = "cancelled"
+LIMITED = "limited"  # killed because `watch` said it went past a limit
 
 # How often a running command checks its cancel flag; exit is noticed at once via a pidfd.
 CANCEL_CHECK_SECONDS = 0.1
@@ -26,20 +28,26 @@ class Outcome:
 
 def run(
     argv: list[str],
-    cwd: Path,
+    cwd: Path | None,
     env: dict[str, str],
     stdout: Path,
     stderr: Path,
     timeout: float,
     cancelled: threading.Event,
     group_file: Path | None = None,
+    user: tuple[int, int] | None = None,
+    watch: Callable[[], str | None] | None = None,
 ) -> Outcome:
-    """Run `argv` to completion, deadline or cancellation; every process it left is killed.
+    """Run `argv` to completion, deadline, cancellation or a limit; every process it left is
+    killed.
 
     The command gets a session (and so a process group) of its own, so a kill reaches the
     shell and everything it started, not only the first process. Its group id goes to
-    `group_file`, so a worker that finds this one dead can kill what it left running.
+    `group_file`, so a worker that finds this one dead can kill what it left running. With
+    `user` (uid, gid) it runs as that user with no supplementary groups; `watch`, called while
+    it runs, ends it by returning a reason.
     """
+    uid, gid = user if user else (None, None)
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         try:
             proc = subprocess.Popen(
@@ -51,6 +59,9 @@ def run(
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
+                user=uid,
+                group=gid,
+                extra_groups=[] if user else None,
             )
         except OSError as exc:
             # Like a shell: 127 when the program is missing, 126 when it cannot run.
@@ -58,14 +69,19 @@ def run(
             return Outcome(127 if isinstance(exc, FileNotFoundError) else 126, OK)
     if group_file is not None:
         group_file.write_text(str(proc.pid))
-    how = _wait(proc, time.monotonic() + timeout, cancelled)
+    how = _wait(proc, time.monotonic() + timeout, cancelled, watch)
     _kill_group(proc.pid)
     code = proc.wait()
     # A command killed by a signal reports 128+N, as a shell would.
     return Outcome(128 - code if code < 0 else code, how)
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float, cancelled: threading.Event) -> str:
+def _wait(
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    cancelled: threading.Event,
+    watch: Callable[[], str | None] | None,
+) -> str:
     pidfd = os.pidfd_open(proc.pid)
     try:
         poller = select.poll()
@@ -78,6 +94,8 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float, cancelled: threading.E
                 return OK
             if cancelled.is_set():
                 return CANCELLED
+            if watch is not None and watch():
+                return LIMITED
     finally:
         os.close(pidfd)
 

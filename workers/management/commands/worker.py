@@ -7,12 +7,13 @@ are off: they need broadcast support the filesystem broker lacks, and slow the s
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workers import pools
+from workers import pools, sandbox
 
 
 class Command(BaseCommand):
@@ -43,8 +44,16 @@ class Command(BaseCommand):
         identity = Identity(cluster, pool.name, socket.gethostname(), os.getpid())
         monitor = Monitor(identity, concurrency)
         install(monitor)
-        monitor.start()
-        self.stdout.write(f"worker {identity.name}: queue {pool.queue(cluster)}, {concurrency} at once")
+        try:
+            monitor.start()
+        except sandbox.SandboxUnavailable as exc:
+            raise CommandError(f"cannot run actions sandboxed: {exc}") from None
+        box = sandbox.current(Path(identity.exec_dir))
+        self.stdout.write(
+            f"worker {identity.name}: queue {pool.queue(cluster)}, {concurrency} at once, "
+            f"actions {box.describe()}"
+            + (", network allowed on request (network=on)" if pool.network else "")
+        )
         try:
             app.worker_main(
                 [

@@ -1,0 +1,386 @@
+"""Actions run in a bubblewrap sandbox: nothing of the worker, the server or another tenant in reach.
+
+Commands arrive from workstations over the internet, so each runs with:
+- new user, mount, PID, IPC, UTS and cgroup namespaces, and a network namespace of its own
+  (loopback only) unless its pool allows the network and it asks for it (`network=on`);
+- an unprivileged uid/gid: REAPI_SANDBOX_UID/GID when the worker is root, else the worker's
+  own; never 0, so a file it leaves on the host side is owned by that uid;
+- the host's system directories read-only (/usr, /bin, /lib*, /sbin, /etc less its secrets),
+  a fresh /tmp, /dev and /proc, and its input root, mounted at SANDBOX_ROOT, as the only host
+  directory it can write. DATA_DIR, the database, the storage and other actions' directories
+  are not mounted at all;
+- exactly the Command's environment variables;
+- limits: memory and processes for the whole action (a cgroup where the worker can make one,
+  else RLIMIT_AS and RLIMIT_NPROC), open files and file size per process (rlimits), and the
+  bytes it writes under its directory (watched while it runs).
+
+The launch chain, each step exec'ing the next so that one process is left to wait for:
+`sh` (joins the action's cgroups) -> `prlimit` (rlimits) -> `bwrap` -> `sh -c 'exec "$@"'` (so
+a missing program is exit 127 and one that cannot run 126, as in a shell) -> the command. The
+worker drops to the sandbox uid before the chain starts, and hands it no environment: nothing
+of the action's environment (LD_PRELOAD…) reaches a process outside the sandbox.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from reapi.errors import InvalidArgument
+from workers import cgroups, process
+from workers.pools import Limits
+
+log = logging.getLogger(__name__)
+
+BWRAP = "bwrap"
+PRLIMIT = "/usr/bin/prlimit"
+SH = "/bin/sh"
+SANDBOX_ROOT = "/exec/root"  # the same for every action: outputs that embed it stay reproducible
+SYSTEM_DIRS = ("/usr", "/etc")
+SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Under the read-only /etc, what an action must not read even where its mode would let it.
+SECRETS = (
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/security/opasswd",
+    "/etc/ssl/private",
+    "/etc/ssh",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/reapi",
+)
+# How often the bytes an action wrote are measured, at least (a large tree is measured less often).
+WATCH_SECONDS = 0.5
+# Joins every cgroup named before `--`, then runs what follows.
+_JOIN = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
+
+
+def group_prefix(pid: int) -> str:
+    """Names of the cgroups of a worker process start with this, so the next worker on the host
+    can remove what a killed one left."""
+    return f"{socket.gethostname()}-{pid}-"
+
+
+class SandboxUnavailable(RuntimeError):
+    """This worker cannot make the sandbox; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How this worker runs actions, found once at start."""
+
+    enabled: bool
+    bwrap: str = ""
+    uid: int | None = None  # None: the worker's own (a worker that is not root)
+    gid: int | None = None
+    controllers: cgroups.Controllers | None = None
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """Who must own the directories an action writes into."""
+        return (self.uid, self.gid) if self.uid is not None and self.gid is not None else None
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "UNSANDBOXED (REAPI_SANDBOX=off)"
+        uid = self.uid if self.uid is not None else os.geteuid()
+        limits = "cgroup memory and process limits" if self.controllers else "rlimits only (no cgroups)"
+        return f"sandboxed by bubblewrap as uid {uid}, {limits}"
+
+
+def setup(exec_dir: Path) -> Sandbox:
+    """The sandbox this worker will use, proven by running a probe action in it; raises
+    SandboxUnavailable saying why, unless REAPI_SANDBOX=off."""
+    if not settings.REAPI_SANDBOX:
+        log.warning("REAPI_SANDBOX=off: actions run unsandboxed, with this worker's rights")
+        return Sandbox(enabled=False)
+    bwrap = shutil.which(BWRAP)
+    if bwrap is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, "
+            "or set REAPI_SANDBOX=off to run actions unsandboxed on purpose"
+        )
+    if os.geteuid() == 0:
+        uid, gid = settings.REAPI_SANDBOX_UID, settings.REAPI_SANDBOX_GID
+        if uid == 0 or gid == 0:
+            raise SandboxUnavailable("REAPI_SANDBOX_UID and REAPI_SANDBOX_GID must not be 0")
+        sandbox = Sandbox(True, bwrap, uid, gid, cgroups.Controllers.find())
+    else:
+        sandbox = Sandbox(True, bwrap, None, None, cgroups.Controllers.find())
+    _probe(sandbox, exec_dir)
+    log.info("actions run %s", sandbox.describe())
+    return sandbox
+
+
+def _probe(sandbox: Sandbox, exec_dir: Path) -> None:
+    """Run `true` in a sandbox as an action would be: user namespaces, mounts and the path to
+    the exec directory all have to work, or the worker must not start."""
+    exec_dir.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="probe-", dir=exec_dir))
+    try:
+        root = base / "root"
+        prepare_base(base)
+        make_dir(sandbox, root)
+        limits = Limits(memory=256 << 20, pids=64, nofile=256, file_size=1 << 20, output=1 << 20)
+        outcome, _message = run(
+            sandbox,
+            f"{group_prefix(os.getpid())}probe",
+            limits,
+            False,
+            base,
+            ".",
+            ["true"],
+            {},
+            60,
+            threading.Event(),
+        )
+        if outcome.exit_code != 0:
+            stderr = (base / "stderr").read_text(errors="replace").strip()
+            raise SandboxUnavailable(
+                f"a probe action failed in the sandbox (exit {outcome.exit_code}): {stderr[-500:]}. "
+                f"User namespaces must be allowed (sysctl kernel.unprivileged_userns_clone=1, "
+                f"user.max_user_namespaces > 0) and every directory above {exec_dir} searchable by "
+                f"uid {sandbox.uid if sandbox.uid is not None else os.geteuid()} (mode o+x); "
+                f"or set REAPI_SANDBOX=off to run actions unsandboxed on purpose"
+            )
+    finally:
+        _rmtree(base)
+
+
+def prepare_base(base: Path) -> None:
+    """The action's private directory: the sandbox uid may pass through it, not list it."""
+    base.chmod(0o711)
+    base.parent.chmod(0o711)
+
+
+def make_dir(sandbox: Sandbox, path: Path) -> None:
+    """A directory of the input root, writable by the action."""
+    path.mkdir()
+    if sandbox.enabled and sandbox.owner:
+        os.chown(path, *sandbox.owner)
+
+
+def check_command(argv: list[str], env: dict[str, str]) -> None:
+    """What the kernel cannot take as arguments or environment is the client's error."""
+    for arg in argv:
+        if "\0" in arg:
+            raise InvalidArgument("a command argument contains a NUL byte")
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise InvalidArgument(f"environment variable name {name[:100]!r} is not valid")
+        if "\0" in value:
+            raise InvalidArgument(f"environment variable {name[:100]} contains a NUL byte")
+
+
+def run(
+    sandbox: Sandbox,
+    name: str,
+    limits: Limits,
+    network: bool,
+    base: Path,
+    workdir: str,
+    argv: list[str],
+    env: dict[str, str],
+    timeout: float,
+    cancelled: threading.Event,
+    input_bytes: int = 0,
+) -> tuple[process.Outcome, str]:
+    """Run the command with `base/root` as its input root and `workdir` (relative to it) as its
+    working directory; stdout and stderr go to `base/stdout` and `base/stderr`. Returns the
+    outcome and, when a limit ended it, a sentence saying which (also appended to stderr)."""
+    check_command(argv, env)
+    root, stdout, stderr = base / "root", base / "stdout", base / "stderr"
+    if not sandbox.enabled:
+        log.warning("action %s runs UNSANDBOXED (REAPI_SANDBOX=off)", name)
+        outcome = process.run(argv, root / workdir, env, stdout, stderr, timeout, cancelled, base / "pgid")
+        return outcome, ""
+    with _group(sandbox, name, limits) as group:
+        chain = _chain(sandbox, group, limits, network, root, workdir, argv, env)
+        watch = _OutputWatch(base, limits.output, input_bytes)
+        outcome = process.run(
+            chain,
+            None,
+            {},
+            stdout,
+            stderr,
+            timeout,
+            cancelled,
+            base / "pgid",
+            user=sandbox.owner,
+            watch=watch.check,
+        )
+        message = _explain(outcome, limits, group, watch)
+    if message:
+        with open(stderr, "ab") as f:
+            f.write(f"\n[remote sandbox] {message}\n".encode())
+    return outcome, message
+
+
+@contextlib.contextmanager
+def _group(sandbox: Sandbox, name: str, limits: Limits) -> Iterator[cgroups.ActionGroup | None]:
+    if sandbox.controllers is None:
+        yield None
+        return
+    group = sandbox.controllers.group(name)
+    group.create(limits.memory, limits.pids)
+    try:
+        if sandbox.owner:
+            # The chain joins the group itself, already as the sandbox uid.
+            for procs in group.procs_files():
+                os.chown(procs, *sandbox.owner)
+        yield group
+    finally:
+        group.remove()
+
+
+def _chain(
+    sandbox: Sandbox,
+    group: cgroups.ActionGroup | None,
+    limits: Limits,
+    network: bool,
+    root: Path,
+    workdir: str,
+    argv: list[str],
+    env: dict[str, str],
+) -> list[str]:
+    chain = [SH, "-c", _JOIN, "sh", *group.procs_files(), "--"] if group else []
+    chain += [
+        PRLIMIT,
+        f"--nofile={limits.nofile}",
+        f"--fsize={limits.file_size}",
+        "--core=0",
+    ]
+    if group is None:
+        # Without a cgroup, per-process limits are the best there is.
+        chain += [f"--as={limits.memory}", f"--nproc={limits.pids}"]
+    chain += ["--", sandbox.bwrap, *bwrap_options(limits, network, root, workdir, env)]
+    chain += ["--", SH, "-c", 'exec "$@"', "sh", *argv]
+    return chain
+
+
+def bwrap_options(limits: Limits, network: bool, root: Path, workdir: str, env: dict[str, str]) -> list[str]:
+    opts = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
+    if network:
+        opts.append("--share-net")
+    opts += ["--hostname", "sandbox"]
+    for path in SYSTEM_DIRS + tuple(settings.REAPI_SANDBOX_READ_ONLY):
+        if os.path.isdir(path):
+            opts += ["--ro-bind", path, path]
+    for path in SYSTEM_LINKS:
+        if os.path.islink(path):
+            opts += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            opts += ["--ro-bind", path, path]
+    for path in SECRETS + tuple(settings.REAPI_SANDBOX_HIDE):
+        if os.path.isdir(path) and not os.path.islink(path):
+            opts += ["--tmpfs", path]
+        elif os.path.lexists(path):
+            opts += ["--ro-bind", "/dev/null", path]
+    opts += ["--proc", "/proc", "--dev", "/dev"]
+    opts += ["--size", str(limits.output), "--tmpfs", "/tmp"]
+    opts += ["--bind", str(root), SANDBOX_ROOT]
+    opts += ["--chdir", f"{SANDBOX_ROOT}/{workdir}".rstrip("/.") or SANDBOX_ROOT]
+    opts.append("--clearenv")
+    for name, value in env.items():
+        opts += ["--setenv", name, value]
+    return opts
+
+
+class _OutputWatch:
+    """Measures what an action wrote under its directory (inputs, outputs, stdout and stderr)
+    and ends it once that passes its output limit. A tree with many files is measured less
+    often, so the watching stays a small share of the worker's time."""
+
+    def __init__(self, base: Path, limit: int, input_bytes: int) -> None:
+        self.base = base
+        self.limit = limit
+        self.input_bytes = input_bytes
+        self.next_at = time.monotonic() + WATCH_SECONDS
+        self.exceeded = False
+
+    def check(self) -> str | None:
+        now = time.monotonic()
+        if now < self.next_at:
+            return None
+        written = bytes_under(self.base) - self.input_bytes
+        took = time.monotonic() - now
+        self.next_at = time.monotonic() + max(WATCH_SECONDS, took * 20)
+        if written > self.limit:
+            self.exceeded = True
+            return "output limit"
+        return None
+
+
+def bytes_under(path: Path) -> int:
+    """Apparent size of every file below `path`, not following symlinks."""
+    total = 0
+    pending = [str(path)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return total
+
+
+def _explain(
+    outcome: process.Outcome, limits: Limits, group: cgroups.ActionGroup | None, watch: _OutputWatch
+) -> str:
+    """Which limit ended the action, in words for the person whose build failed."""
+    reasons = []
+    if watch.exceeded:
+        reasons.append(f"killed: output limit {human(limits.output)} (bytes written under its directory)")
+    if group is not None and group.oom_killed():
+        reasons.append(f"killed: memory limit {human(limits.memory)}")
+    if outcome.exit_code == 128 + signal.SIGXFSZ:
+        reasons.append(f"a process was stopped at the file size limit {human(limits.file_size)}")
+    if group is not None and group.pids_refused():
+        reasons.append(f"it reached its process limit ({limits.pids}): new processes were refused")
+    return "; ".join(reasons)
+
+
+def human(n: int) -> str:
+    value, units = float(n), ["B", "KiB", "MiB", "GiB"]
+    while value >= 1024 and len(units) > 1:
+        value, units = value / 1024, units[1:]
+    return f"{value:.4g} {units[0]}"
+
+
+def _rmtree(path: Path) -> None:
+    from workers.monitor import force_rmtree
+
+    force_rmtree(str(path))
+
+
+_current: Sandbox | None = None
+_lock = threading.Lock()
+
+
+def current(exec_dir: Path) -> Sandbox:
+    """This process's sandbox, set up (and probed) on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = setup(exec_dir)
+        return _current
