@@ -35,7 +35,7 @@ class Controllers:
     def find(root: Path = CGROUP_ROOT) -> "Controllers | None":
         """The controllers a worker can make groups under, or None."""
         v1_memory, v1_pids = root / "memory", root / "pids"
-        if (v1_memory / "memory.limit_in_bytes").exists() and (v1_pids / "pids.max").exists():
+        if (v1_memory / "cgroup.procs").exists() and (v1_pids / "cgroup.procs").exists():
             found = Controllers(v1_memory / PARENT, v1_pids / PARENT, v2=False)
         elif {"memory", "pids"} <= set(_read(root / "cgroup.controllers").split()):
             found = Controllers(root / PARENT, root / PARENT, v2=True)
@@ -45,6 +45,9 @@ class Controllers:
             found._make_parents(root)
         except OSError as exc:
             log.info("cgroups not usable here (%s); the sandbox limits by rlimits", exc.strerror)
+            return None
+        limit = "memory.max" if found.v2 else "memory.limit_in_bytes"
+        if not (found.memory / limit).exists() or not (found.pids / "pids.max").exists():
             return None
         return found
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from workers import pools
 from workers.models import EXECUTING, QUEUED, Operation, Worker
+from workers.sandbox import human
 
 
 @dataclass
@@ -22,6 +23,8 @@ class PoolRow:
     running: int = 0
     oldest_queued: datetime | None = None
     configured: bool = True
+    network: bool = False
+    limits: pools.Limits | None = None
 
     @property
     def waiting(self) -> bool:
@@ -32,12 +35,31 @@ class PoolRow:
     def capacity(self) -> int:
         return sum(w.concurrency for w in self.workers)
 
+    @property
+    def sandboxing(self) -> str:
+        """What the online workers say of their sandbox: all, none, some or (none online) '–'."""
+        states = {w.sandboxed for w in self.workers}
+        if not states:
+            return "–"
+        if states == {True}:
+            return "sandboxed"
+        return "NOT sandboxed" if states == {False} else "some NOT sandboxed"
+
+    @property
+    def limits_text(self) -> str:
+        if self.limits is None:
+            return ""
+        lim = self.limits
+        return f"memory {human(lim.memory)}, {lim.pids} processes, output {human(lim.output)}"
+
 
 def pool_rows(operations: QuerySet[Operation]) -> list[PoolRow]:
     rows: dict[tuple[str, str], PoolRow] = {}
     for cluster in settings.CLUSTERS:
         for pool in pools.configured(cluster):
-            rows[cluster, pool.name] = PoolRow(cluster, pool.name, pool.arch)
+            rows[cluster, pool.name] = PoolRow(
+                cluster, pool.name, pool.arch, network=pool.network, limits=pool.action_limits()
+            )
     for worker in online_workers():
         row = rows.get((worker.cluster, worker.pool))
         if row is None:  # a worker started with another machine's pool settings

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
@@ -266,7 +266,9 @@ def _chain(
         # Without a cgroup, per-process limits are the best there is.
         chain += [f"--as={limits.memory}", f"--nproc={limits.pids}"]
     chain += ["--", sandbox.bwrap, *bwrap_options(limits, network, root, workdir, env)]
-    chain += ["--", SH, "-c", 'exec "$@"', "sh", *argv]
+    # The shell exports PWD of its own accord; the command gets exactly its environment.
+    shim = 'exec "$@"' if "PWD" in env else 'unset PWD; exec "$@"'
+    chain += ["--", SH, "-c", shim, "sh", *argv]
     return chain
 
 
@@ -291,7 +293,9 @@ def bwrap_options(limits: Limits, network: bool, root: Path, workdir: str, env: 
     opts += ["--proc", "/proc", "--dev", "/dev"]
     opts += ["--size", str(limits.output), "--tmpfs", "/tmp"]
     opts += ["--bind", str(root), SANDBOX_ROOT]
-    opts += ["--chdir", f"{SANDBOX_ROOT}/{workdir}".rstrip("/.") or SANDBOX_ROOT]
+    # The sandbox's own root (a tmpfs holding the mount points) is read-only once they exist.
+    opts += ["--remount-ro", "/"]
+    opts += ["--chdir", str(PurePosixPath(SANDBOX_ROOT, workdir))]
     opts.append("--clearenv")
     for name, value in env.items():
         opts += ["--setenv", name, value]

@@ -1,0 +1,377 @@
+"""Remote actions run sandboxed: a probe built by real Bazel reports what an action can reach,
+and hostile actions (fork bomb, memory hog, huge writers, symlink escapes) end with a clear
+message while their worker serves the next action."""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client as PageClient
+from django.test import override_settings
+
+from tests.bazel import Bazel, bazel_in
+from tests.execution_fixtures import (
+    EXEC_ENV,
+    ActionSpec,
+    Link,
+    WorkerProcess,
+    execute,
+    pid_alive,
+    run,
+)
+from tests.reapi_client import Client
+from tests.servers import ReapiServer, manage
+from tests.tenants import Persona
+
+SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
+SANDBOX_ENV = {
+    **EXEC_ENV,
+    "REAPI_POOLS_EXTERNAL": (
+        "x86-64,net:x86-64:network,tight:x86-64:memory=256M:pids=64:file-size=64M:output=128M"
+    ),
+    # Every worker and server process carries this: no action may see it.
+    "PROBE_SECRET": SECRET,
+}
+OK_STATUS, INVALID_ARGUMENT, DEADLINE_EXCEEDED, FAILED_PRECONDITION = 0, 3, 4, 9
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ReapiServer]:
+    with ReapiServer("external", env=SANDBOX_ENV) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def worker(server: ReapiServer) -> Iterator[WorkerProcess]:
+    with WorkerProcess("external", "x86-64", SANDBOX_ENV, concurrency=2) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def net_worker(server: ReapiServer) -> Iterator[WorkerProcess]:
+    with WorkerProcess("external", "net", SANDBOX_ENV, concurrency=1) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def tight_worker(server: ReapiServer) -> Iterator[WorkerProcess]:
+    with WorkerProcess("external", "tight", SANDBOX_ENV, concurrency=1) as w:
+        yield w
+
+
+@pytest.fixture
+def client(server: ReapiServer, acme: Persona) -> Iterator[Client]:
+    with server.channel() as channel:
+        yield Client(channel, acme.pat())
+
+
+# --- what an action can reach, through real Bazel ---------------------------------------------
+
+PROBE = r"""#!/bin/bash
+# Reports what this action can reach, one fact per line.
+data_dir="$1"; database="$2"; port="$3"; marker="$4"
+echo "uid=$(id -u)"
+echo "gid=$(id -g)"
+seen=0
+for f in /proc/[0-9]*/environ; do
+  if tr '\0' '\n' < "$f" 2>/dev/null | grep -q -e "$marker" -e '^DATABASE_URL=' -e '^DATA_DIR=' -e '^CELERY_BROKER_URL='; then
+    seen=$((seen + 1))
+  fi
+done
+echo "worker_env_seen=$seen"
+if test -e "$data_dir"; then echo "data_dir=visible"; else echo "data_dir=absent"; fi
+if test -e "$database"; then echo "database=visible"; else echo "database=absent"; fi
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "tcp=open"; else echo "tcp=refused"; fi
+written=""
+for p in "/usr/probe-$marker" "/etc/probe-$marker" "/probe-$marker" "/var/tmp/probe-$marker" "$data_dir/probe-$marker"; do
+  if (echo x > "$p") 2>/dev/null; then written="$written $p"; fi
+done
+echo "written_outside=${written:-none}"
+if (echo x > "/tmp/probe-$marker") 2>/dev/null; then echo "tmp=writable"; else echo "tmp=read-only"; fi
+echo "processes=$(cat /proc/[0-9]*/comm 2>/dev/null | sort | tr '\n' ',')"
+echo "hostname=$(cat /proc/sys/kernel/hostname)"
+echo "shadow=$(head -c 1 /etc/shadow 2>/dev/null | wc -c)"
+"""
+
+
+def probe_workspace(root: Path, server: ReapiServer, marker: str) -> None:
+    database = settings.DATABASES["default"]["NAME"]
+    args = f"{os.environ['DATA_DIR']} {database} {server.port} {marker}"
+    (root / "WORKSPACE").write_text('workspace(name = "probe")\n')
+    (root / "probe.sh").write_text(PROBE)
+    (root / "BUILD").write_text(
+        f'genrule(name = "probe", srcs = ["probe.sh"], outs = ["probe.txt"],\n'
+        f'    cmd = "bash $(location probe.sh) {args} > $@")\n'
+        f'genrule(name = "probe_net", srcs = ["probe.sh"], outs = ["probe_net.txt"],\n'
+        f'    cmd = "bash $(location probe.sh) {args} > $@",\n'
+        f'    exec_properties = {{"network": "on"}})\n'
+    )
+
+
+def facts(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def bazel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bazel]:
+    with bazel_in(tmp_path_factory.mktemp("bazel")) as b:
+        yield b
+
+
+@pytest.mark.bazel
+def test_a_remote_action_reaches_nothing_but_its_own_inputs(
+    bazel: Bazel,
+    server: ReapiServer,
+    worker: WorkerProcess,
+    net_worker: WorkerProcess,
+    acme: Persona,
+) -> None:
+    marker = uuid.uuid4().hex
+    probe_workspace(bazel.workspace, server, marker)
+    built = bazel.build(
+        f"--remote_executor={server.url}",
+        f"--remote_header=X-Aspect={acme.pat(acme.developer)}",
+        "--spawn_strategy=remote",
+    )
+    assert built.returncode == 0, built.output
+    assert built.processes.get("remote") == 2, built.output
+
+    for name, network in (("probe.txt", False), ("probe_net.txt", True)):
+        seen = facts(bazel.outputs()[name].decode())
+        assert seen["uid"] != "0" and seen["gid"] != "0", seen
+        assert seen["worker_env_seen"] == "0", seen
+        assert seen["data_dir"] == "absent" and seen["database"] == "absent", seen
+        assert seen["written_outside"] == "none", seen
+        assert seen["tmp"] == "writable", seen
+        assert seen["shadow"] == "0", seen
+        assert seen["hostname"] == "sandbox", seen
+        # Its own few processes (the sandbox's init, bash and the tools it runs), nothing of
+        # the host: no worker, server, Bazel or database.
+        processes = [p for p in seen["processes"].split(",") if p]
+        assert len(processes) < 12, processes
+        assert not {"python", "python3", "java", "celery", "postgres", "redis-server"} & set(processes)
+        # The network: none by default; the pool that allows it gives it on request.
+        assert seen["tcp"] == ("open" if network else "refused"), (name, seen)
+    # Nothing it wrote reached the host.
+    assert not Path(f"/tmp/probe-{marker}").exists()
+    assert not Path(os.environ["DATA_DIR"], f"probe-{marker}").exists()
+    assert not Path(f"/var/tmp/probe-{marker}").exists()
+
+
+# --- the environment and the file system --------------------------------------------------------
+
+
+def test_an_action_sees_exactly_its_commands_environment(client: Client, worker: WorkerProcess) -> None:
+    env = {"PATH": "/usr/bin:/bin", "GREETING": "hello world", "EMPTY": ""}
+    spec = ActionSpec(["/usr/bin/env", "-0"], env=env, salt=uuid.uuid4().bytes)
+    reply = run(client, spec)
+    assert reply.result.exit_code == 0
+    seen = client.read(reply.result.stdout_digest).split(b"\0")
+    assert sorted(v.decode() for v in seen if v) == sorted(f"{k}={v}" for k, v in env.items())
+
+
+def test_files_an_action_creates_belong_to_the_sandbox_user(client: Client, worker: WorkerProcess) -> None:
+    spec = ActionSpec(
+        ["/bin/sh", "-c", "id -u > o; stat -c %u . >> o"], output_files=["o"], salt=uuid.uuid4().bytes
+    )
+    reply = run(client, spec)
+    assert reply.result.exit_code == 0, reply
+    uid, dir_owner = client.read(reply.result.output_files[0].digest).split()
+    assert uid == dir_owner == str(settings.REAPI_SANDBOX_UID).encode()
+
+
+def test_an_action_cannot_kill_its_worker(client: Client, worker: WorkerProcess) -> None:
+    hostile = ActionSpec(["/bin/sh", "-c", "kill -9 -1; kill -9 $PPID; kill -9 1"], salt=uuid.uuid4().bytes)
+    run(client, hostile)
+    assert worker.proc is not None and pid_alive(worker.proc.pid)
+    after = run(client, ActionSpec(["/bin/sh", "-c", "echo still here"], salt=uuid.uuid4().bytes))
+    assert after.result.exit_code == 0
+    assert client.read(after.result.stdout_digest) == b"still here\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "output"),
+    [("/etc/passwd", "o"), ("../../../../../../etc/passwd", "o"), ("/exec", "o")],
+)
+def test_a_symlink_output_leading_out_of_the_input_root_is_the_actions_error(
+    client: Client, worker: WorkerProcess, target: str, output: str
+) -> None:
+    spec = ActionSpec(["/bin/ln", "-s", target, output], output_files=[output], salt=uuid.uuid4().bytes)
+    reply = run(client, spec)
+    assert reply.status.code == INVALID_ARGUMENT, reply
+    assert "symlink leading outside the input root" in reply.status.message
+    assert "root:" not in reply.status.message
+    assert not reply.result.output_files
+
+
+def test_a_symlink_output_inside_the_input_root_is_followed(client: Client, worker: WorkerProcess) -> None:
+    script = "mkdir -p d && echo inside > d/real && ln -s d/real rel && ln -s /exec/root/d/real abs"
+    spec = ActionSpec(["/bin/sh", "-c", script], output_files=["abs", "rel"], salt=uuid.uuid4().bytes)
+    reply = run(client, spec)
+    assert reply.status.code == OK_STATUS, reply
+    assert [client.read(f.digest) for f in reply.result.output_files] == [b"inside\n", b"inside\n"]
+
+
+def test_an_output_directory_reached_through_an_escaping_symlink_is_refused(
+    client: Client, worker: WorkerProcess
+) -> None:
+    spec = ActionSpec(
+        ["/bin/sh", "-c", "rmdir out && ln -s /usr out"], output_directories=["out"], salt=uuid.uuid4().bytes
+    )
+    reply = run(client, spec)
+    assert reply.status.code == INVALID_ARGUMENT, reply
+    assert "'out'" in reply.status.message
+
+
+def test_an_input_symlink_cannot_make_the_worker_create_directories_outside(
+    client: Client, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    escape = "../" * 12 + str(tmp_path).lstrip("/")
+    spec = ActionSpec(
+        ["/bin/true"],
+        inputs={"a": Link(escape)},
+        output_files=["a/evil/x"],
+        salt=uuid.uuid4().bytes,
+    )
+    reply = run(client, spec)
+    assert reply.status.code == INVALID_ARGUMENT, reply
+    assert "passes through a symlink" in reply.status.message
+    assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/x"])
+def test_output_paths_with_dot_dot_are_refused(client: Client, worker: WorkerProcess, path: str) -> None:
+    reply = run(client, ActionSpec(["/bin/true"], output_files=[path], salt=uuid.uuid4().bytes))
+    assert reply.status.code == INVALID_ARGUMENT, reply
+    assert "must be a relative path inside the input root" in reply.status.message
+
+
+# --- limits: each ends the action with a clear message, and the worker serves on ---------------
+
+
+def assert_serves_on(client: Client) -> None:
+    after = run(
+        client,
+        ActionSpec(["/bin/sh", "-c", "echo next"], platform={"Pool": "tight"}, salt=uuid.uuid4().bytes),
+    )
+    assert after.status.code == OK_STATUS and after.result.exit_code == 0, after
+
+
+def test_a_fork_bomb_ends_at_its_process_limit(client: Client, tight_worker: WorkerProcess) -> None:
+    bomb = ActionSpec(
+        ["/bin/bash", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"],
+        platform={"Pool": "tight"},
+        timeout=6,
+        salt=uuid.uuid4().bytes,
+    )
+    reply = run(client, bomb)
+    assert "process limit (64)" in reply.message, reply
+    assert reply.status.code == DEADLINE_EXCEEDED or reply.result.exit_code != 0, reply
+    assert_serves_on(client)
+
+
+def test_a_memory_hog_is_killed_at_its_memory_limit(client: Client, tight_worker: WorkerProcess) -> None:
+    hog = ActionSpec(
+        ["/usr/bin/python3", "-c", "data = bytearray(b'x') * (1 << 30)"],
+        platform={"Pool": "tight"},
+        salt=uuid.uuid4().bytes,
+    )
+    reply = run(client, hog)
+    assert reply.result.exit_code == 137, reply
+    assert reply.message == "killed: memory limit 256 MiB", reply
+    assert b"killed: memory limit 256 MiB" in client.read(reply.result.stderr_digest)
+    assert_serves_on(client)
+
+
+def test_a_10_gb_file_stops_at_the_file_size_limit(client: Client, tight_worker: WorkerProcess) -> None:
+    writer = ActionSpec(
+        ["/bin/sh", "-c", "head -c 10G /dev/zero > big"],
+        output_files=["big"],
+        platform={"Pool": "tight"},
+        salt=uuid.uuid4().bytes,
+    )
+    reply = run(client, writer)
+    assert reply.result.exit_code == 153, reply  # 128 + SIGXFSZ
+    assert "file size limit 64 MiB" in reply.message, reply
+    assert_serves_on(client)
+
+
+def test_many_files_stop_at_the_output_limit(client: Client, tight_worker: WorkerProcess) -> None:
+    writer = ActionSpec(
+        ["/bin/sh", "-c", "for i in $(seq 40); do head -c 50M /dev/zero > f$i; done"],
+        platform={"Pool": "tight"},
+        salt=uuid.uuid4().bytes,
+    )
+    reply = run(client, writer)
+    assert reply.result.exit_code != 0, reply
+    assert "killed: output limit 128 MiB" in reply.message, reply
+    assert_serves_on(client)
+
+
+# --- the network, the worker's start, the portal ------------------------------------------------
+
+
+def test_network_on_where_the_pool_does_not_allow_it_is_refused_naming_the_property(
+    client: Client, worker: WorkerProcess
+) -> None:
+    action = ActionSpec(
+        ["/bin/true"], platform={"Pool": "x86-64", "network": "on"}, salt=uuid.uuid4().bytes
+    ).upload(client)
+    with pytest.raises(grpc.RpcError) as err:
+        execute(client, action)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "network=on" in (err.value.details() or "")
+
+
+def test_a_worker_that_cannot_sandbox_refuses_to_start(tmp_path: Path) -> None:
+    no_bwrap = {**SANDBOX_ENV, "PATH": str(tmp_path)}
+    done = manage("worker", "--cluster", "external", "--pool", "x86-64", env=no_bwrap, check=False)
+    assert done.returncode != 0
+    assert "bubblewrap (bwrap) is not installed" in done.stderr
+
+    hidden = tmp_path / "hidden"
+    (hidden / "exec").mkdir(parents=True)
+    hidden.chmod(0o700)  # the sandbox's uid cannot reach an action's directory below it
+    done = manage(
+        "worker",
+        "--cluster",
+        "external",
+        "--pool",
+        "x86-64",
+        env={**SANDBOX_ENV, "REAPI_EXEC_DIR": str(hidden / "exec")},
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "searchable by uid" in done.stderr, done.stderr
+
+
+def test_reapi_sandbox_off_runs_unsandboxed_and_warns_on_every_action(
+    server: ReapiServer, client: Client
+) -> None:
+    off = {**SANDBOX_ENV, "REAPI_SANDBOX": "off"}
+    with WorkerProcess("external", "tight", off, concurrency=1) as unsandboxed:
+        reply = run(
+            client,
+            ActionSpec(["/bin/sh", "-c", "id -u"], platform={"Pool": "tight"}, salt=uuid.uuid4().bytes),
+        )
+        assert client.read(reply.result.stdout_digest) == f"{os.geteuid()}\n".encode()
+        assert "runs UNSANDBOXED (REAPI_SANDBOX=off)" in unsandboxed.log.read_text()
+
+
+def test_the_workers_page_shows_sandboxing_and_network_per_pool(
+    worker: WorkerProcess, net_worker: WorkerProcess, acme: Persona
+) -> None:
+    page = PageClient()
+    page.force_login(get_user_model().objects.get(username=acme.admin))
+    # The page shows the pools configured where the portal runs: the same as the workers'.
+    pools = {"external": SANDBOX_ENV["REAPI_POOLS_EXTERNAL"].split(","), "internal": ["x86-64"]}
+    with override_settings(REAPI_POOLS=pools):
+        html = page.get("/workers/").content.decode()
+    row = lambda pool: html.split(f'data-pool="external/{pool}"', 1)[1].split("</tr>", 1)[0]  # noqa: E731
+    assert "sandboxed" in row("x86-64") and "no network" in row("x86-64")
+    assert "network on request" in row("net")
