@@ -1,8 +1,9 @@
-"""Remote-execution overhead (issue 5): Execute to COMPLETED for a trivial action, and the
-throughput of many trivial actions on two workers, on Redis, on this machine.
+"""Remote-execution overhead: Execute to COMPLETED for a trivial action, and the throughput of
+many trivial actions on two workers, on Redis, on this machine; with and without the sandbox.
 
     .venv/bin/python bench/execution.py [--broker redis|filesystem|amqp] [--database-url URL]
                                         [--runs 200] [--actions 200] [--clients 32] [--keep]
+                                        [--sandbox both|on|off]
 
 Starts, in a throw-away directory: a migrated database (SQLite there, or a fresh database on the
 PostgreSQL server given), one `reapi serve --cluster external`, two `manage.py worker --pool
@@ -15,9 +16,13 @@ runs it (no cache hit). Its blobs are uploaded before the clock starts.
   the result's metadata). p50 and p95 in ms. Targets: p50 <= 100 ms, p95 <= 300 ms.
 - Throughput: `--actions` Execute calls from `--clients` threads at once; actions/s over the
   wall time from the first call to the last COMPLETED. Target: >= 20 actions/s.
+- The sandbox's cost (`--sandbox both`, the default: the whole rig once with REAPI_SANDBOX=off,
+  once with it on): the p50 and p95 of Execute to COMPLETED with it minus without it, and the
+  throughput with it as a share of the throughput without. Targets: p50 added <= 15 ms,
+  throughput >= 80 %.
 
 Prints a table and writes it as JSON to bench/results/execution-<time>.json. Exits 1 if a
-target is missed.
+target is missed (the overhead and throughput targets are those of the sandboxed run).
 """
 
 import argparse
@@ -51,7 +56,20 @@ from tests.servers import free_port  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-TARGETS = {"overhead p50": (100.0, False), "overhead p95": (300.0, False), "throughput": (20.0, True)}
+TARGETS = {
+    "overhead p50": (100.0, False),
+    "overhead p95": (300.0, False),
+    "throughput": (20.0, True),
+    "sandbox added p50": (15.0, False),
+    "sandbox throughput": (80.0, True),
+}
+UNITS = {
+    "overhead p50": "ms",
+    "overhead p95": "ms",
+    "throughput": "actions/s",
+    "sandbox added p50": "ms",
+    "sandbox throughput": "%",
+}
 
 
 def log(line: str) -> None:
@@ -61,10 +79,13 @@ def log(line: str) -> None:
 class Rig:
     """The database, server and workers under test, in a throw-away directory."""
 
-    def __init__(self, workdir: Path, broker: str, database_url: str | None, concurrency: int) -> None:
+    def __init__(
+        self, workdir: Path, broker: str, database_url: str | None, concurrency: int, sandbox: bool
+    ) -> None:
         self.workdir = workdir
         self.concurrency = concurrency
         self.env = {**os.environ, "DATA_DIR": str(workdir), "DJANGO_SETTINGS_MODULE": "portal.settings"}
+        self.env["REAPI_SANDBOX"] = "on" if sandbox else "off"
         for name in (
             "REAPI_STORAGE_INTERNAL",
             "REAPI_STORAGE_EXTERNAL",
@@ -259,6 +280,7 @@ def measure_overhead(rig: Rig, runs: int) -> dict:
             execute(channel, rig.metadata, action)
         actions = prepare(rig, channel, runs, "lat")
         overheads: list[float] = []
+        totals: list[float] = []
         command_ms: list[float] = []
         phases: dict[str, list[float]] = {"queue": [], "inputs": [], "upload": [], "report": []}
         for action in actions:
@@ -266,6 +288,7 @@ def measure_overhead(rig: Rig, runs: int) -> dict:
             meta = reply.result.execution_metadata
             command = seconds(meta.execution_start_timestamp, meta.execution_completed_timestamp)
             overheads.append((elapsed - command) * 1000)
+            totals.append(elapsed * 1000)
             command_ms.append(command * 1000)
             phases["queue"].append(seconds(meta.queued_timestamp, meta.worker_start_timestamp) * 1000)
             phases["inputs"].append(
@@ -284,6 +307,8 @@ def measure_overhead(rig: Rig, runs: int) -> dict:
         "mean_ms": statistics.fmean(overheads),
         "max_ms": max(overheads),
         "command_p50_ms": percentile(command_ms, 50),
+        "total_p50_ms": percentile(totals, 50),
+        "total_p95_ms": percentile(totals, 95),
         "phase_p50_ms": {k: percentile(v, 50) for k, v in phases.items()},
         "samples_ms": overheads,
     }
@@ -318,23 +343,13 @@ def measure_throughput(rig: Rig, count: int, clients: int) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--broker", choices=("redis", "filesystem", "amqp"), default="redis")
-    parser.add_argument("--database-url", help="a PostgreSQL server URL; a fresh database is created there")
-    parser.add_argument("--runs", type=int, default=200, help="sequential Executes for the overhead")
-    parser.add_argument("--actions", type=int, default=200, help="actions for the throughput")
-    parser.add_argument("--clients", type=int, default=32, help="client threads for the throughput")
-    parser.add_argument("--concurrency", type=int, default=2, help="actions each worker runs at once")
-    parser.add_argument("--keep", action="store_true", help="keep the throw-away directory (logs)")
-    args = parser.parse_args()
-
+def bench_once(args: argparse.Namespace, sandbox: bool) -> tuple[dict, dict]:
     workdir = Path(tempfile.mkdtemp(prefix="reapi-exec-bench-"))
-    rig = Rig(workdir, args.broker, args.database_url, args.concurrency)
+    workdir.chmod(0o711)  # the sandbox's uid passes through to each action's directory
+    rig = Rig(workdir, args.broker, args.database_url, args.concurrency, sandbox)
     database = "PostgreSQL" if args.database_url else "SQLite"
-    log(f"execution bench: {args.broker} broker, {database}, 2 workers x {args.concurrency}, in {workdir}")
+    mode = "sandboxed" if sandbox else "UNSANDBOXED"
+    log(f"{mode}: {args.broker} broker, {database}, 2 workers x {args.concurrency}, in {workdir}")
     try:
         rig.start()
         log(f"server on {rig.address}, workers ready; measuring overhead over {args.runs} runs …")
@@ -345,29 +360,54 @@ def main() -> int:
         rig.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    phases = overhead["phase_p50_ms"]
+    log(
+        f"  Execute to COMPLETED p50 {overhead['total_p50_ms']:.1f} ms, p95 {overhead['total_p95_ms']:.1f} ms; "
+        f"overhead p50 {overhead['p50_ms']:.1f} ms (per phase: queue to worker {phases['queue']:.1f}, "
+        f"inputs {phases['inputs']:.1f}, command {overhead['command_p50_ms']:.1f}, outputs+cache "
+        f"{phases['upload']:.1f}, back to the client {phases['report']:.1f}); "
+        f"throughput {throughput['actions_per_s']:.1f} actions/s"
+    )
+    return overhead, throughput
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--broker", choices=("redis", "filesystem", "amqp"), default="redis")
+    parser.add_argument("--database-url", help="a PostgreSQL server URL; a fresh database is created there")
+    parser.add_argument("--runs", type=int, default=200, help="sequential Executes for the overhead")
+    parser.add_argument("--actions", type=int, default=200, help="actions for the throughput")
+    parser.add_argument("--clients", type=int, default=32, help="client threads for the throughput")
+    parser.add_argument("--concurrency", type=int, default=2, help="actions each worker runs at once")
+    parser.add_argument("--sandbox", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--keep", action="store_true", help="keep the throw-away directories (logs)")
+    args = parser.parse_args()
+
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.sandbox]
+    runs = {sandbox: bench_once(args, sandbox) for sandbox in modes}
+    overhead, throughput = runs[modes[-1]]
     figures = {
         "overhead p50": overhead["p50_ms"],
         "overhead p95": overhead["p95_ms"],
         "throughput": throughput["actions_per_s"],
     }
-    units = {"overhead p50": "ms", "overhead p95": "ms", "throughput": "actions/s"}
+    if len(runs) == 2:
+        (bare, bare_tput), (boxed, boxed_tput) = runs[False], runs[True]
+        figures["sandbox added p50"] = boxed["total_p50_ms"] - bare["total_p50_ms"]
+        figures["sandbox throughput"] = 100 * boxed_tput["actions_per_s"] / bare_tput["actions_per_s"]
+        log(f"sandbox added p95: {boxed['total_p95_ms'] - bare['total_p95_ms']:.1f} ms")
     failed = []
     log("")
-    log(f"{'measure':<16}{'value':>19}  {'target':<18}result")
+    log(f"{'measure':<20}{'value':>19}  {'target':<18}result")
     for name, value in figures.items():
         bound, higher = TARGETS[name]
         ok = value >= bound if higher else value <= bound
         failed += [] if ok else [name]
-        target = f"{'>=' if higher else '<='} {bound:g} {units[name]}"
-        log(f"{name:<16}{value:>9.1f} {units[name]:<9}  {target:<18}{'pass' if ok else 'FAIL'}")
-    phases = overhead["phase_p50_ms"]
-    log(
-        f"(p50 per phase, ms: queue to worker {phases['queue']:.1f}, inputs {phases['inputs']:.1f}, "
-        f"command {overhead['command_p50_ms']:.1f}, outputs+cache {phases['upload']:.1f}, "
-        f"back to the client {phases['report']:.1f}; throughput run: p50 {throughput['latency_p50_ms']:.0f} ms "
-        f"per action, {throughput['wall_s']:.1f} s in all)"
-    )
+        unit = UNITS[name]
+        target = f"{'>=' if higher else '<='} {bound:g} {unit}"
+        log(f"{name:<20}{value:>9.1f} {unit:<9}  {target:<18}{'pass' if ok else 'FAIL'}")
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     out = results / f"execution-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -376,9 +416,12 @@ def main() -> int:
             {
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "broker": args.broker,
-                "database": database,
-                "overhead": overhead,
-                "throughput": throughput,
+                "database": "PostgreSQL" if args.database_url else "SQLite",
+                "runs": {
+                    ("sandboxed" if sandbox else "unsandboxed"): {"overhead": o, "throughput": t}
+                    for sandbox, (o, t) in runs.items()
+                },
+                "figures": figures,
                 "failed": failed,
             },
             indent=2,

@@ -32,7 +32,8 @@ SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
 SANDBOX_ENV = {
     **EXEC_ENV,
     "REAPI_POOLS_EXTERNAL": (
-        "x86-64,net:x86-64:network,tight:x86-64:memory=256M:pids=64:file-size=64M:output=128M"
+        "x86-64,net:x86-64:network,tight:x86-64:memory=256M:pids=64:file-size=64M:output=128M,"
+        "unsandboxed:x86-64"
     ),
     # Every worker and server process carries this: no action may see it.
     "PROBE_SECRET": SECRET,
@@ -354,11 +355,12 @@ def test_reapi_sandbox_off_runs_unsandboxed_and_warns_on_every_action(
     server: ReapiServer, client: Client
 ) -> None:
     off = {**SANDBOX_ENV, "REAPI_SANDBOX": "off"}
-    with WorkerProcess("external", "tight", off, concurrency=1) as unsandboxed:
-        reply = run(
-            client,
-            ActionSpec(["/bin/sh", "-c", "id -u"], platform={"Pool": "tight"}, salt=uuid.uuid4().bytes),
+    # A pool of its own: no sandboxed worker takes the action first.
+    with WorkerProcess("external", "unsandboxed", off, concurrency=1) as unsandboxed:
+        spec = ActionSpec(
+            ["/bin/sh", "-c", "id -u"], platform={"Pool": "unsandboxed"}, salt=uuid.uuid4().bytes
         )
+        reply = run(client, spec)
         assert client.read(reply.result.stdout_digest) == f"{os.geteuid()}\n".encode()
         assert "runs UNSANDBOXED (REAPI_SANDBOX=off)" in unsandboxed.log.read_text()
 

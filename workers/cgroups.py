@@ -112,20 +112,20 @@ class ActionGroup:
         if self.v2:
             with contextlib.suppress(OSError):
                 _write(self.pids_dir / "cgroup.kill", 1)
-        for _ in range(100):
+        for _ in range(500):
             pids = [int(p) for p in _read(self.pids_dir / "cgroup.procs").split()]
             if not pids:
                 return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     def remove(self) -> None:
         self.kill_all()
         for path in self.paths:
             # A group whose last process is still being reaped is busy for a moment.
-            for _ in range(200):
+            for _ in range(1000):
                 try:
                     path.rmdir()
                     break
@@ -134,7 +134,7 @@ class ActionGroup:
                 except OSError as exc:
                     if exc.errno != errno.EBUSY:
                         raise
-                    time.sleep(0.01)
+                    time.sleep(0.002)
             else:
                 log.warning("cgroup %s still busy; left for the next start to remove", path)
 

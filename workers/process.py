@@ -35,7 +35,6 @@ def run(
     timeout: float,
     cancelled: threading.Event,
     group_file: Path | None = None,
-    user: tuple[int, int] | None = None,
     watch: Callable[[], str | None] | None = None,
 ) -> Outcome:
     """Run `argv` to completion, deadline, cancellation or a limit; every process it left is
@@ -43,11 +42,9 @@ def run(
 
     The command gets a session (and so a process group) of its own, so a kill reaches the
     shell and everything it started, not only the first process. Its group id goes to
-    `group_file`, so a worker that finds this one dead can kill what it left running. With
-    `user` (uid, gid) it runs as that user with no supplementary groups; `watch`, called while
-    it runs, ends it by returning a reason.
+    `group_file`, so a worker that finds this one dead can kill what it left running. `watch`,
+    called while it runs, ends it by returning a reason.
     """
-    uid, gid = user if user else (None, None)
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         try:
             proc = subprocess.Popen(
@@ -59,9 +56,6 @@ def run(
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
-                user=uid,
-                group=gid,
-                extra_groups=[] if user else None,
             )
         except OSError as exc:
             # Like a shell: 127 when the program is missing, 126 when it cannot run.

@@ -15,10 +15,12 @@ Commands arrive from workstations over the internet, so each runs with:
   bytes it writes under its directory (watched while it runs).
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
-`sh` (joins the action's cgroups) -> `prlimit` (rlimits) -> `bwrap` -> `sh -c 'exec "$@"'` (so
-a missing program is exit 127 and one that cannot run 126, as in a shell) -> the command. The
-worker drops to the sandbox uid before the chain starts, and hands it no environment: nothing
-of the action's environment (LD_PRELOAD…) reaches a process outside the sandbox.
+`sh` (joins the action's cgroups) -> `prlimit` (rlimits) -> `setpriv` (drops to the sandbox's
+uid, no supplementary groups, no capabilities) -> `bwrap` -> `sh -c 'exec "$@"'` (so a missing
+program is exit 127 and one that cannot run 126, as in a shell) -> the command. Dropping the uid
+in the chain rather than in the worker lets Python start it with vfork, which costs a large
+worker process a few milliseconds less per action. The chain gets no environment: nothing of
+the action's (LD_PRELOAD…) reaches a process outside the sandbox.
 """
 
 import contextlib
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BWRAP = "bwrap"
 PRLIMIT = "/usr/bin/prlimit"
+SETPRIV = "/usr/bin/setpriv"
 SH = "/bin/sh"
 SANDBOX_ROOT = "/exec/root"  # the same for every action: outputs that embed it stay reproducible
 SYSTEM_DIRS = ("/usr", "/etc")
@@ -218,7 +221,6 @@ def run(
             timeout,
             cancelled,
             base / "pgid",
-            user=sandbox.owner,
             watch=watch.check,
         )
         message = _explain(outcome, limits, group, watch)
@@ -236,10 +238,6 @@ def _group(sandbox: Sandbox, name: str, limits: Limits) -> Iterator[cgroups.Acti
     group = sandbox.controllers.group(name)
     group.create(limits.memory, limits.pids)
     try:
-        if sandbox.owner:
-            # The chain joins the group itself, already as the sandbox uid.
-            for procs in group.procs_files():
-                os.chown(procs, *sandbox.owner)
         yield group
     finally:
         group.remove()
@@ -265,7 +263,11 @@ def _chain(
     if group is None:
         # Without a cgroup, per-process limits are the best there is.
         chain += [f"--as={limits.memory}", f"--nproc={limits.pids}"]
-    chain += ["--", sandbox.bwrap, *bwrap_options(limits, network, root, workdir, env)]
+    chain.append("--")
+    if sandbox.owner:
+        uid, gid = sandbox.owner
+        chain += [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all", "--"]
+    chain += [sandbox.bwrap, *bwrap_options(limits, network, root, workdir, env)]
     # The shell exports PWD of its own accord; the command gets exactly its environment.
     shim = 'exec "$@"' if "PWD" in env else 'unset PWD; exec "$@"'
     chain += ["--", SH, "-c", shim, "sh", *argv]
