@@ -62,6 +62,7 @@ def test_a_digest_mismatch_fails_that_blob_and_stores_the_others(client: Client)
         ("A" * 64, 3, "64 lowercase hex"),
         ("../" + "a" * 61, 3, "64 lowercase hex"),
         ("a" * 64, -1, "negative size"),
+        ("a" * 64, 6 * 1024**4, "above the largest blob"),
     ],
 )
 def test_it_rejects_malformed_digests(client: Client, hash_: str, size: int, message: str) -> None:
