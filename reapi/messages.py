@@ -35,6 +35,8 @@ _DOT_COMPONENT = re.compile(r"(?:^|[/\\])\.\.?(?:$|[/\\])")
 _ABSOLUTE = re.compile(r"[/\\]|[A-Za-z]:")
 # What a node name (one component) may not hold besides: a separator or NUL.
 _BAD_NAME = re.compile(r"[/\0]|(?:^|\\)\.\.?(?:$|\\)")
+_SHA256 = digests.HASH_RE.fullmatch
+_MAX_SIZE = digests.MAX_BLOB_BYTES
 
 
 class Budget:
@@ -122,16 +124,48 @@ def check_directory(directory: re_pb2.Directory, where: str) -> tuple[list[Diges
     each field's name in errors ("Directory H/S ", "….tree_digest: the Tree's root.")."""
     files = []
     for i, f in enumerate(directory.files):
-        check_name(f.name, f"{where}files[{i}].name")
-        files.append(digests.check_field(f.digest, f"{where}files[{i}].digest"))
+        name, d = f.name, f.digest
+        h, size = d.hash, d.size_bytes
+        if not _name_ok(name):
+            check_name(name, f"{where}files[{i}].name")
+        if not (0 <= size <= _MAX_SIZE and _SHA256(h)):
+            digests.check_field(d, f"{where}files[{i}].digest")
+        files.append(Digest(h, size))
     subdirectories = []
-    for i, d in enumerate(directory.directories):
-        check_name(d.name, f"{where}directories[{i}].name")
-        subdirectories.append(digests.check_field(d.digest, f"{where}directories[{i}].digest"))
-    for i, s in enumerate(directory.symlinks):
-        check_name(s.name, f"{where}symlinks[{i}].name")
-        check_symlink_target(s.target, f"{where}symlinks[{i}].target")
+    for i, sub in enumerate(directory.directories):
+        if not _name_ok(sub.name):
+            check_name(sub.name, f"{where}directories[{i}].name")
+        subdirectories.append(digests.check_field(sub.digest, f"{where}directories[{i}].digest"))
+    for i, link in enumerate(directory.symlinks):
+        check_name(link.name, f"{where}symlinks[{i}].name")
+        check_symlink_target(link.target, f"{where}symlinks[{i}].target")
     return files, subdirectories
+
+
+def _name_ok(name: str) -> bool:
+    """check_name's test without its message, in string operations (a regular expression
+    tried at every position costs microseconds a name): True only where check_name passes."""
+    return (
+        bool(name)
+        and "/" not in name
+        and "\0" not in name
+        and not ((name[0] == "." or "\\." in name) and _BAD_NAME.search(name))
+        and (len(name) < 64 or len(name.encode()) <= MAX_NAME_BYTES)
+    )
+
+
+def _path_ok(path: str) -> bool:
+    """check_output_path's test, the same way: True only where check_output_path passes."""
+    return (
+        bool(path)
+        and "\0" not in path
+        and "//" not in path
+        and path[0] not in "/\\"
+        and path[-1] != "/"
+        and path[1:2] != ":"
+        and not ((path[0] == "." or "/." in path or "\\." in path) and _DOT_COMPONENT.search(path))
+        and (len(path) <= MAX_PATH_BYTES // 4 or len(path.encode()) <= MAX_PATH_BYTES)
+    )
 
 
 def _size(directory: re_pb2.Directory) -> int:
@@ -184,47 +218,57 @@ def check_result(result: re_pb2.ActionResult, budget: Budget) -> References:
         + result.HasField("stdout_digest")
         + result.HasField("stderr_digest")
     )
-    claimed = _Paths()
+    # Output path -> (list, index, symlink target): each path once (see _claim).
+    claimed: dict[str, tuple[str, int, str | None]] = {}
     blobs = []
     for i, f in enumerate(result.output_files):
-        claimed.add(f.path, f"output_files[{i}].path", "output_files")
-        blobs.append(digests.check_field(f.digest, f"output_files[{i}].digest"))
+        path, d = f.path, f.digest
+        h, size = d.hash, d.size_bytes
+        if not _path_ok(path) or path in claimed:
+            _claim(claimed, path, "output_files", i)
+        claimed[path] = ("output_files", i, None)
+        if not (0 <= size <= _MAX_SIZE and _SHA256(h)):
+            digests.check_field(d, f"output_files[{i}].digest")
+        blobs.append(Digest(h, size))
     trees = []
-    for i, d in enumerate(result.output_directories):
-        claimed.add(d.path, f"output_directories[{i}].path", "output_directories")
+    for i, out in enumerate(result.output_directories):
+        _claim(claimed, out.path, "output_directories", i)
         where = f"output_directories[{i}].tree_digest"
-        tree = digests.check_field(d.tree_digest, where)
+        tree = digests.check_field(out.tree_digest, where)
         budget.spend_tree_bytes(tree, where)
         blobs.append(tree)
         trees.append((where, tree))
-        if d.HasField("root_directory_digest"):
+        if out.HasField("root_directory_digest"):
             blobs.append(
-                digests.check_field(d.root_directory_digest, f"output_directories[{i}].root_directory_digest")
+                digests.check_field(
+                    out.root_directory_digest, f"output_directories[{i}].root_directory_digest"
+                )
             )
     for name, links in symlink_lists:
-        for i, s in enumerate(links):
-            check_symlink_target(s.target, f"{name}[{i}].target")
-            claimed.add(s.path, f"{name}[{i}].path", name, s.target)
+        for i, link in enumerate(links):
+            check_symlink_target(link.target, f"{name}[{i}].target")
+            _claim(claimed, link.path, name, i, link.target)
     for name in ("stdout_digest", "stderr_digest"):
         if result.HasField(name):
             blobs.append(digests.check_field(getattr(result, name), name))
     return References(blobs, trees)
 
 
-class _Paths:
-    """The output paths of one result, each allowed once: REAPI v2.1 lets a server list one
-    symlink in output_symlinks and in a deprecated list too, so that repeat (same target, the
-    other list) is the only one allowed."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, tuple[str, str, str | None]] = {}
-
-    def add(self, path: str, field: str, kind: str, target: str | None = None) -> None:
-        check_output_path(path, field)
-        before = self.seen.get(path)
-        if before is None:
-            self.seen[path] = (field, kind, target)
-            return
-        if target is not None and before[2] == target and before[1] != kind:
-            return
-        raise InvalidArgument(f"{field} {path[:200]!r} is also {before[0]}; each output path is listed once")
+def _claim(
+    claimed: dict[str, tuple[str, int, str | None]],
+    path: str,
+    list_name: str,
+    index: int,
+    target: str | None = None,
+) -> None:
+    """Check one output path and record it. Each path is listed once: REAPI v2.1 lets a
+    server list a symlink in output_symlinks and in a deprecated list too, so that repeat
+    (same target, another list) is the only one allowed."""
+    field = f"{list_name}[{index}].path"
+    check_output_path(path, field)
+    before = claimed.get(path)
+    if before is not None and not (target is not None and before[2] == target and before[0] != list_name):
+        raise InvalidArgument(
+            f"{field} {path[:200]!r} is also {before[0]}[{before[1]}].path; each output path is listed once"
+        )
+    claimed[path] = (list_name, index, target)
