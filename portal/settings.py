@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from portal.env import env, envbool, envbytes, envint, envlist, required
+from portal.env import SettingError, env, envbool, envbytes, envint, envlist, required
 from portal.storage_urls import storage_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -128,6 +128,12 @@ REAPI_URLS = {
 }
 # gRPC's receive limit; batches are advertised a little below it (REAPI: max_batch_total_size_bytes).
 REAPI_MAX_MESSAGE_BYTES = envint("REAPI_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)
+# The most entries one action result may hold: its outputs, and every directory, file and
+# symlink of its output directories' Trees (reapi/messages.py). It bounds what GetActionResult's
+# completeness check walks for one entry; UpdateActionResult refuses a result above it.
+REAPI_MAX_RESULT_ENTRIES = envint("REAPI_MAX_RESULT_ENTRIES", 100_000)
+if REAPI_MAX_RESULT_ENTRIES < 1:
+    raise SettingError(f"REAPI_MAX_RESULT_ENTRIES must be at least 1, not {REAPI_MAX_RESULT_ENTRIES}")
 # Threads per server process for Execute, WaitExecution and WaitOperation, which wait as long as
 # their action runs (reapi/grpc_edge.py WAITING_METHODS): the most actions one process follows.
 REAPI_WAITING_THREADS = envint("REAPI_WAITING_THREADS", 512)

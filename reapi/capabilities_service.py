@@ -2,7 +2,7 @@
 
 import grpc
 
-from reapi import clusters
+from reapi import clusters, messages
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.build.bazel.semver import semver_pb2
@@ -32,7 +32,8 @@ class CapabilitiesService(re_grpc.CapabilitiesServicer):
                     update_enabled=can_update
                 ),
                 max_batch_total_size_bytes=clusters.max_batch_bytes(),
-                symlink_absolute_path_strategy=re_pb2.SymlinkAbsolutePathStrategy.DISALLOWED,
+                # What UpdateActionResult and GetTree check symlink targets against.
+                symlink_absolute_path_strategy=messages.SYMLINK_ABSOLUTE_PATH_STRATEGY,
                 supported_compressors=[Compressor.ZSTD],
                 supported_batch_update_compressors=[Compressor.ZSTD],
             ),

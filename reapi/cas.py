@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from reapi import digests
+from reapi import digests, messages
 from reapi.blobstore import BlobStore
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError, ResourceExhausted
@@ -262,17 +262,16 @@ class Cas:
         seen = {root.hash}
         while queue:
             next_queue = []
-            for _digest, directory in queue:
+            for digest, directory in queue:
                 if position >= start:
                     if len(page) == page_size:
                         return page, _encode_page_token(position)
                     page.append(directory)
                 position += 1
-                for child in directory.directories:
-                    try:
-                        child_digest = digests.check(child.digest.hash, child.digest.size_bytes)
-                    except InvalidArgument:
-                        continue
+                # Checked like a request (reapi.messages): a bad digest or name fails the read
+                # with INVALID_ARGUMENT naming it, before any of it becomes a storage key.
+                _files, children = messages.check_directory(directory, f"Directory {digest} ")
+                for child_digest in children:
                     if child_digest.hash in seen:
                         continue
                     seen.add(child_digest.hash)

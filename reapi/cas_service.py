@@ -33,7 +33,7 @@ def check_all(hashes: list[str], sizes: list[int]) -> None:
     if (
         set(map(len, hashes)) - {64}
         or "".join(hashes).encode().translate(None, HEX_DIGITS)
-        or (sizes and min(sizes) < 0)
+        or (sizes and (min(sizes) < 0 or max(sizes) > digests.MAX_BLOB_BYTES))
     ):
         for h, size in zip(hashes, sizes, strict=True):
             digests.check(h, size)

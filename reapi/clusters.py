@@ -57,7 +57,8 @@ def backend(alias: str) -> Backend:
         if alias not in _backends:
             store = make_store(alias)
             cas = Cas(store, max_batch_bytes(), quota=Gate(alias.removeprefix("reapi-")))
-            _backends[alias] = Backend(alias, store, cas, ActionCache(store, cas))
+            action_cache = ActionCache(store, cas, settings.REAPI_MAX_RESULT_ENTRIES)
+            _backends[alias] = Backend(alias, store, cas, action_cache)
         return _backends[alias]
 
 

@@ -11,9 +11,13 @@ import re
 from dataclasses import dataclass
 
 from reapi.errors import InvalidArgument
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
 HASH_RE = re.compile(r"[0-9a-f]{64}")
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
+# The largest blob any store here can hold (S3's largest object, 5 TiB): a digest claiming more
+# names nothing that can exist, and keeps sizes far from int64 sums in the database.
+MAX_BLOB_BYTES = 5 * 1024**4
 RESERVED = frozenset(
     {"blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"}
 )
@@ -35,7 +39,19 @@ def check(hash_: str, size: int) -> Digest:
         raise InvalidArgument(f"digest hash {hash_[:80]!r} is not 64 lowercase hex characters (SHA-256)")
     if size < 0:
         raise InvalidArgument(f"digest {hash_} has a negative size ({size})")
+    if size > MAX_BLOB_BYTES:
+        raise InvalidArgument(f"digest {hash_} has a size ({size}) above the largest blob ({MAX_BLOB_BYTES})")
     return Digest(hash_, size)
+
+
+def check_field(d: re_pb2.Digest, field: str) -> Digest:
+    """`check` of a Digest inside a client's message (ActionResult, Tree, Directory, Action):
+    the same rules as a request's digest, and the error names the field, e.g.
+    `output_files[2].digest`. Only a checked digest may become a storage key."""
+    try:
+        return check(d.hash, d.size_bytes)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{field}: {exc.message}") from None
 
 
 def of(data: bytes) -> Digest:

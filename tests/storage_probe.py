@@ -48,3 +48,18 @@ def delete_blob(key: str, cluster: str = "external") -> None:
     s3 = session_server()
     assert s3 is not None
     s3.client().delete_object(Bucket=s3.bucket, Key=f"{prefix}/{key}")
+
+
+def put_blob(key: str, data: bytes, cluster: str = "external") -> None:
+    """Store bytes under `key` behind the server's back (as an older server could have)."""
+    prefix = _s3_prefix(cluster)
+    if prefix is None:
+        path = blob_root(cluster) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    from tests.seaweed import session_server
+
+    s3 = session_server()
+    assert s3 is not None
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}/{key}", Body=data)

@@ -203,6 +203,21 @@ def test_missing_action_or_command_is_failed_precondition_listing_them(client: C
     assert f"blobs/{parsed.command_digest.hash}/{parsed.command_digest.size_bytes}" in subjects
 
 
+@pytest.mark.parametrize("field", ["command_digest", "input_root_digest"])
+def test_an_action_holding_a_path_for_a_digest_is_refused_naming_the_field(
+    client: Client, field: str
+) -> None:
+    action = re_pb2.Action(command_digest=digest(b"a command"), input_root_digest=digest(b""))
+    getattr(action, field).CopyFrom(re_pb2.Digest(hash="../../../etc/passwd", size_bytes=1))
+    data = action.SerializeToString()
+    client.upload(data)
+    with pytest.raises(grpc.RpcError) as err:
+        execute(client, digest(data))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{field}: digest hash '../../../etc/passwd'" in (err.value.details() or "")
+    assert not Operation.objects.filter(action_hash=digest(data).hash).exists()
+
+
 def test_a_missing_input_file_fails_the_operation_with_its_digest(
     client: Client, worker: WorkerProcess
 ) -> None:

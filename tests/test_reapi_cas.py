@@ -62,6 +62,7 @@ def test_a_digest_mismatch_fails_that_blob_and_stores_the_others(client: Client)
         ("A" * 64, 3, "64 lowercase hex"),
         ("../" + "a" * 61, 3, "64 lowercase hex"),
         ("a" * 64, -1, "negative size"),
+        ("a" * 64, 6 * 1024**4, "above the largest blob"),
     ],
 )
 def test_it_rejects_malformed_digests(client: Client, hash_: str, size: int, message: str) -> None:
@@ -170,6 +171,64 @@ def test_get_tree_of_a_missing_root_is_not_found_and_bad_tokens_are_refused(clie
             )
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def upload_directory(client: Client, directory: re_pb2.Directory) -> re_pb2.Digest:
+    data = directory.SerializeToString()
+    client.upload(data)
+    return digest(data)
+
+
+NOT_HEX = re_pb2.Digest(hash="../../../etc/passwd", size_bytes=1)
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (
+            re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="up", digest=NOT_HEX)]),
+            "directories[0].digest",
+        ),
+        (
+            re_pb2.Directory(
+                directories=[
+                    re_pb2.DirectoryNode(name="neg", digest=re_pb2.Digest(hash="a" * 64, size_bytes=-1))
+                ]
+            ),
+            "directories[0].digest",
+        ),
+        (re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=NOT_HEX)]), "files[0].digest"),
+        (re_pb2.Directory(files=[re_pb2.FileNode(name="..", digest=EMPTY)]), "files[0].name"),
+        (re_pb2.Directory(symlinks=[re_pb2.SymlinkNode(name="l", target="/etc")]), "symlinks[0].target"),
+    ],
+)
+def test_get_tree_fails_cleanly_on_a_directory_holding_a_bad_digest_or_name(
+    client: Client, bad: re_pb2.Directory, field: str
+) -> None:
+    # The bad Directory two levels down: the read fails naming it, not INTERNAL, not skipped.
+    bad_digest = upload_directory(client, bad)
+    middle = upload_directory(
+        client, re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="b", digest=bad_digest)])
+    )
+    root = upload_directory(
+        client, re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="m", digest=middle)])
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.cas.GetTree(re_pb2.GetTreeRequest(root_digest=root), metadata=client.metadata))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"Directory {bad_digest.hash}/{bad_digest.size_bytes} {field}" in (info.value.details() or "")
+
+
+def test_get_tree_fails_cleanly_on_a_child_that_is_not_a_directory(client: Client) -> None:
+    garbage = b"\xff\xff\xff not a Directory " + os.urandom(8)
+    client.upload(garbage)
+    root = upload_directory(
+        client, re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="x", digest=digest(garbage))])
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.cas.GetTree(re_pb2.GetTreeRequest(root_digest=root), metadata=client.metadata))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a Directory" in (info.value.details() or "")
 
 
 def test_one_tenant_cannot_find_read_or_overwrite_anothers_blobs(

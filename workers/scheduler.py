@@ -28,13 +28,6 @@ def parse(message_type: type, data: bytes, what: str):  # type: ignore[no-untype
     return message
 
 
-def digest_field(d: re_pb2.Digest, what: str) -> Digest:
-    try:
-        return digests.check(d.hash, d.size_bytes)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{what}: {exc.message}") from None
-
-
 def load_action(cas: Cas, tenant: str, action: Digest) -> tuple[re_pb2.Action, re_pb2.Command, Digest]:
     """The Action and its Command; FAILED_PRECONDITION listing every missing one (REAPI)."""
     try:
@@ -43,9 +36,10 @@ def load_action(cas: Cas, tenant: str, action: Digest) -> tuple[re_pb2.Action, r
         raise FailedPrecondition(
             f"the action {action} is not in the CAS: upload it first", missing=((action.hash, action.size),)
         ) from None
-    command_digest = digest_field(action_msg.command_digest, "action command_digest")
+    # Checked like the request's own digest before either becomes a storage key.
+    command_digest = digests.check_field(action_msg.command_digest, f"action {action} command_digest")
     input_root = (
-        digest_field(action_msg.input_root_digest, "action input_root_digest")
+        digests.check_field(action_msg.input_root_digest, f"action {action} input_root_digest")
         if action_msg.HasField("input_root_digest")
         else digests.of(b"")
     )
