@@ -248,3 +248,26 @@ def test_it_refuses_a_frame_that_asks_for_a_window_over_8_mib(client: Client) ->
     assert "memory" not in statuses[0].message and "window over 8 MiB" in statuses[0].message
     assert client.missing(digest(data)) == [digest(data)]
     assert stored_files() == before
+
+
+def test_a_compressed_upload_that_ends_early_or_changes_its_name_is_refused(client: Client) -> None:
+    data = compressible()
+    d, packed = digest(data), zstd(data)
+    name = f"uploads/{uuid.uuid4()}/compressed-blobs/zstd/{d.hash}/{d.size_bytes}"
+    half = len(packed) // 2
+    before = stored_files()
+    unfinished = [bs_pb2.WriteRequest(resource_name=name, data=packed[:half])]
+    renamed = [
+        bs_pb2.WriteRequest(resource_name=name, data=packed[:half]),
+        bs_pb2.WriteRequest(resource_name=name.replace(d.hash, "0" * 64), data=packed[half:]),
+    ]
+    for requests, message in (
+        (unfinished, "ended without finish_write"),
+        (renamed, "resource_name changed in the middle of a Write"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            client.bytestream.Write(iter(requests), metadata=client.metadata)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (info.value.details() or "")
+    assert client.missing(d) == [d]
+    assert stored_files() == before
