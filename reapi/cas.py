@@ -151,9 +151,9 @@ class Cas:
         if digest == digests.EMPTY:
             return b""
         key = digests.cas_key(tenant, digest)
-        # The store answers None for an object of another size without reading it: a
-        # digest with a smaller size never gets a truncated blob, one with a larger size
-        # never makes the server read more than the digest says.
+        # The store answers None for an object of another size without reading it: no
+        # digest gets another size's bytes, and an object larger than the digest says is
+        # never read into memory.
         data = self.store.get(key, digest.size)
         if data is None or len(data) != digest.size:
             self.presence.forget(key, digest.size)
