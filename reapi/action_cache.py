@@ -13,7 +13,6 @@ of its digests ever becomes a storage key.
 """
 
 import logging
-import time
 from collections.abc import Callable
 
 from reapi import digests, messages
@@ -104,24 +103,7 @@ class ActionCache:
         """Cas.find_missing, except that an indexed store checks storage itself (verify): a
         hit promises its outputs can be fetched, and an index may list a blob storage lost.
         What this process saw within the presence trust window is not asked again."""
-        now = time.time()
-        presence = self.cas.presence
-        unknown = []
-        for d in wanted:
-            key = digests.cas_key(tenant, d)
-            if d.hash != digests.EMPTY_HASH and not presence.known(key, now):
-                unknown.append((key, d))
-        if not unknown:
-            return []
-        found = self.store.stat_many([key for key, _ in unknown], verify=True)
-        missing = []
-        for key, d in unknown:
-            st = found.get(key)
-            if st is None or st[0] != d.size:
-                missing.append(d)
-            else:
-                presence.confirm(key, st[1], now)
-        return missing
+        return self.cas.find_missing(tenant, wanted, verify=True)
 
     def _inline(
         self,

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import zstandard
 
-from reapi import clusters, digests, usage
+from reapi import clusters, compression, digests, usage
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
@@ -109,29 +109,37 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
     ) -> bs_pb2.WriteResponse:
         if first.write_offset != 0:
             raise InvalidArgument("compressed uploads cannot resume: start at write_offset 0")
-        upload = backend.cas.open_upload(tenant, name.upload_id + ".zstd", name.digest, 0)
-        decompressor = zstandard.ZstdDecompressor().decompressobj()
-        offset = 0
-        request = first
-        try:
+        received = 0
+
+        def pieces() -> Iterator[bytes]:
+            # Taken one request at a time as the decoder asks for more, never read ahead.
+            nonlocal received
+            request = first
             while True:
-                data = decompressor.decompress(request.data)
-                upload.append(upload.committed, data)
-                offset += len(request.data)
+                if request.resource_name and request.resource_name != first.resource_name:
+                    raise InvalidArgument("resource_name changed in the middle of a Write")
+                data = request.data
+                received += len(data)
+                yield data
                 if request.finish_write:
-                    upload.finish()
-                    usage.add(principal().tenant_id, self.cluster, usage.STORED, name.digest.size)
-                    return bs_pb2.WriteResponse(committed_size=offset)
+                    return
                 following = next(rest, None)
                 if following is None:
                     raise InvalidArgument("compressed Write stream ended without finish_write")
                 request = following
-        except zstandard.ZstdError as exc:
-            upload.discard()
-            raise InvalidArgument(f"compressed data is not valid zstd: {exc}") from None
-        except ReapiError:
+
+        upload = backend.cas.open_upload(tenant, name.upload_id + ".zstd", name.digest, 0)
+        try:
+            for chunk in compression.inflate(name.digest, pieces()):
+                upload.append(upload.committed, chunk)
+            upload.finish()
+        except BaseException:
+            # A compressed upload cannot resume, so nothing of it is worth keeping.
             upload.discard()
             raise
+        usage.add(principal().tenant_id, self.cluster, usage.STORED, name.digest.size)
+        # ByteStream offsets count the bytes of the stream written: here, compressed bytes.
+        return bs_pb2.WriteResponse(committed_size=received)
 
     @unary
     def QueryWriteStatus(

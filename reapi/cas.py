@@ -55,44 +55,55 @@ class Cas:
     # --- presence -------------------------------------------------------------------------
 
     def contains(self, tenant: str, digest: Digest, now: float | None = None) -> bool:
-        if digest.hash == digests.EMPTY_HASH:
+        """Whether the CAS holds the blob `digest` names, hash and size (REAPI `Digest`: the
+        size is an integral part of the digest), so a stored blob of another size is not it."""
+        if digest == digests.EMPTY:
             return True
         now = now or time.time()
         key = digests.cas_key(tenant, digest)
-        if self.presence.known(key, now):
+        if self.presence.known(key, digest.size, now):
             return True
         st = self.store.stat(key)
         if st is None or st[0] != digest.size:
             return False
-        self.presence.confirm(key, st[1], now)
+        self.presence.confirm(key, digest.size, st[1], now)
         return True
 
-    def find_missing(self, tenant: str, wanted: Iterable[Digest]) -> list[Digest]:
+    def find_missing(self, tenant: str, wanted: Iterable[Digest], verify: bool = False) -> list[Digest]:
         wanted = list(wanted)
-        missing = self.find_missing_hashes(tenant, [d.hash for d in wanted], [d.size for d in wanted])
+        missing = self.find_missing_hashes(
+            tenant, [d.hash for d in wanted], [d.size for d in wanted], verify=verify
+        )
         return [wanted[i] for i in missing]
 
-    def find_missing_hashes(self, tenant: str, hashes: Sequence[str], sizes: Sequence[int]) -> list[int]:
+    def find_missing_hashes(
+        self, tenant: str, hashes: Sequence[str], sizes: Sequence[int], verify: bool = False
+    ) -> list[int]:
         """Indices of the blobs (validated hash and size) that are not in the CAS.
 
         FindMissingBlobs' hot path, 10,000 digests a call: no object per digest, one dict
         lookup per digest, and what this process does not already know is asked of the store
         in one call, so an indexed store (S3) answers with one query, not one request each.
+        `verify` asks an indexed store to check with storage itself (BlobStore.stat_many).
         """
         now = time.time()
-        # The layout of digests.cas_key, built inline: a call per digest costs 15% here.
-        keys = [f"{tenant}/cas/{h[:2]}/{h}" for h in hashes]
-        unknown = [i for i in self.presence.unknown(keys, now) if hashes[i] != digests.EMPTY_HASH]
+        # The layouts of presence.entry over digests.cas_key, built inline: a call per digest
+        # costs 15% here.
+        entries = [f"{tenant}/cas/{h[:2]}/{h}#{size}" for h, size in zip(hashes, sizes, strict=True)]
+        unknown = [
+            i for i in self.presence.unknown(entries, now) if sizes[i] != 0 or hashes[i] != digests.EMPTY_HASH
+        ]
         if not unknown:
             return []
-        found = self.store.stat_many([keys[i] for i in unknown])
+        keys = {i: f"{tenant}/cas/{hashes[i][:2]}/{hashes[i]}" for i in unknown}
+        found = self.store.stat_many(list(keys.values()), verify=verify)
         missing = []
-        for i in unknown:
-            st = found.get(keys[i])
+        for i, key in keys.items():
+            st = found.get(key)
             if st is None or st[0] != sizes[i]:
                 missing.append(i)
             else:
-                self.presence.confirm(keys[i], st[1], now)
+                self.presence.confirm(key, sizes[i], st[1], now)
         return missing
 
     # --- batches --------------------------------------------------------------------------
@@ -122,8 +133,8 @@ class Cas:
                 results.append(exc)
                 continue
             results.append(None)
-            if digest.hash != digests.EMPTY_HASH and not self.presence.known(
-                key := digests.cas_key(tenant, digest), now
+            if digest != digests.EMPTY and not self.presence.known(
+                key := digests.cas_key(tenant, digest), digest.size, now
             ):
                 try:
                     self.quota.admit(tenant, len(data))
@@ -133,20 +144,23 @@ class Cas:
                 to_write[key] = data
         if to_write:
             self.store.put_many(list(to_write.items()))
-            self.presence.confirm_many(to_write, now)
+            self.presence.confirm_many(((key, len(data)) for key, data in to_write.items()), now)
         return results
 
     def get(self, tenant: str, digest: Digest) -> bytes:
-        if digest.hash == digests.EMPTY_HASH:
+        if digest == digests.EMPTY:
             return b""
         key = digests.cas_key(tenant, digest)
-        data = self.store.get(key)
+        # The store answers None for an object of another size without reading it: no
+        # digest gets another size's bytes, and an object larger than the digest says is
+        # never read into memory.
+        data = self.store.get(key, digest.size)
         if data is None or len(data) != digest.size:
-            self.presence.forget(key)
+            self.presence.forget(key, digest.size)
             raise NotFound(f"blob {digest} is not in the CAS")
         now = time.time()
-        if not self.presence.known(key, now):
-            self.presence.confirm(key, None, now)
+        if not self.presence.known(key, digest.size, now):
+            self.presence.confirm(key, digest.size, None, now)
         return data
 
     def batch_read(self, tenant: str, wanted: list[Digest | ReapiError]) -> list[bytes | ReapiError]:
@@ -170,28 +184,28 @@ class Cas:
         self,
         tenant: str,
         wanted: list[Digest | ReapiError],
-        get_many: Callable[[list[str]], list[bytes | None]],
+        get_many: Callable[[list[str], list[int]], list[bytes | None]],
     ) -> list[bytes | ReapiError]:
-        fetch = [d for d in wanted if isinstance(d, Digest) and d.hash != digests.EMPTY_HASH]
-        keys = [digests.cas_key(tenant, d) for d in fetch]
-        got = dict(zip(keys, get_many(keys), strict=True))
+        fetch = [d for d in wanted if isinstance(d, Digest) and d != digests.EMPTY]
+        # In the order of `wanted`: one hash may be asked for under two sizes.
+        got = iter(get_many([digests.cas_key(tenant, d) for d in fetch], [d.size for d in fetch]))
         now = time.time()
         out: list[bytes | ReapiError] = []
         for d in wanted:
             if isinstance(d, ReapiError):
                 out.append(d)
                 continue
-            if d.hash == digests.EMPTY_HASH:
+            if d == digests.EMPTY:
                 out.append(b"")
                 continue
             key = digests.cas_key(tenant, d)
-            data = got[key]
+            data = next(got)
             if data is None or len(data) != d.size:
-                self.presence.forget(key)
+                self.presence.forget(key, d.size)
                 out.append(NotFound(f"blob {d} is not in the CAS"))
                 continue
-            if not self.presence.known(key, now):
-                self.presence.confirm(key, None, now)
+            if not self.presence.known(key, d.size, now):
+                self.presence.confirm(key, d.size, None, now)
             out.append(data)
         return out
 
@@ -205,16 +219,18 @@ class Cas:
             raise InvalidArgument(f"read_limit {limit} is negative")
         if offset > digest.size:
             raise OutOfRange(f"read_offset {offset} is beyond the blob's size {digest.size}")
-        if digest.hash == digests.EMPTY_HASH:
+        if digest == digests.EMPTY:
             return iter(())
         key = digests.cas_key(tenant, digest)
-        f = self.store.open(key)
+        # None for an object of another size too: no byte of a blob is sent under a digest
+        # that is not its own.
+        f = self.store.open(key, digest.size)
         if f is None:
-            self.presence.forget(key)
+            self.presence.forget(key, digest.size)
             raise NotFound(f"blob {digest} is not in the CAS")
         now = time.time()
-        if not self.presence.known(key, now):
-            self.presence.confirm(key, None, now)
+        if not self.presence.known(key, digest.size, now):
+            self.presence.confirm(key, digest.size, None, now)
         return _chunks(f, offset, digest.size - offset if limit == 0 else min(limit, digest.size - offset))
 
     def _partial_path(self, tenant: str, upload_id: str, digest: Digest) -> Path:
@@ -237,7 +253,7 @@ class Cas:
     def commit_file(self, tenant: str, digest: Digest, path: Path) -> None:
         key = digests.cas_key(tenant, digest)
         self.store.put_file(key, path)
-        self.presence.confirm_many([key], time.time())
+        self.presence.confirm_many([(key, digest.size)], time.time())
 
     # --- trees ----------------------------------------------------------------------------
 

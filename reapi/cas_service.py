@@ -46,16 +46,15 @@ def digest_or_error(d: re_pb2.Digest) -> Digest | ReapiError:
         return exc
 
 
-def inflate(d: re_pb2.Digest, compressor: int, data: bytes) -> tuple[Digest | ReapiError, bytes]:
+def inflate(digest: Digest | ReapiError, compressor: int, data: bytes) -> tuple[Digest | ReapiError, bytes]:
     """A compressed batch blob's digest and uncompressed bytes, or the error that refuses it."""
-    digest = digest_or_error(d)
     if isinstance(digest, ReapiError):
         return digest, b""
     if compressor != re_pb2.Compressor.ZSTD:
         name = enum_name(re_pb2.Compressor.Value, compressor)
         return InvalidArgument(f"compressor {name} is not supported in batches; use IDENTITY or ZSTD"), b""
     try:
-        return digest, compression.decompress(data, digest.size)
+        return digest, compression.decompress(data, digest)
     except InvalidArgument as exc:
         return exc, b""
 
@@ -97,12 +96,15 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
             if r.compressor == re_pb2.Compressor.IDENTITY:
                 items.append((digest_or_error(d), r.data))
                 continue
-            items.append(item := inflate(d, r.compressor, r.data))
-            # The batch limit is on blob sizes, not on the compressed bytes that carried them:
-            # checked as they inflate, so a batch of bombs stops at the first that passes it.
-            # (What came uncompressed is bounded by the message size limit already.)
+            digest = digest_or_error(d)
+            if r.compressor == re_pb2.Compressor.ZSTD and isinstance(digest, Digest):
+                # The batch limit is on blob sizes, not on the compressed bytes that carried
+                # them, and a blob inflates to at most its digest's size: checked before it
+                # is inflated, so a batch of bombs never holds more than the limit in memory.
+                # (What came uncompressed is bounded by the message size limit already.)
+                backend.cas.check_batch_size(inflated + digest.size, "update")
+            items.append(item := inflate(digest, r.compressor, r.data))
             inflated += len(item[1])
-            backend.cas.check_batch_size(inflated, "update")
         results = backend.cas.batch_update(tenant, items)
         stored = sum(len(data) for (_, data), err in zip(items, results, strict=True) if err is None)
         usage.add(principal().tenant_id, self.cluster, usage.STORED, stored)

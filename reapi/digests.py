@@ -34,6 +34,11 @@ class Digest:
         return f"{self.hash}/{self.size}"
 
 
+# The one blob every CAS holds without storing it. The size is part of the digest: the empty
+# hash with any other size names no blob at all.
+EMPTY = Digest(EMPTY_HASH, 0)
+
+
 def check(hash_: str, size: int) -> Digest:
     if not HASH_RE.fullmatch(hash_):
         raise InvalidArgument(f"digest hash {hash_[:80]!r} is not 64 lowercase hex characters (SHA-256)")

@@ -7,12 +7,17 @@ older than TRUST_SECONDS. The eviction job never removes a blob touched within
 EVICTION_GRACE_SECONDS (three hours, Bazel's default assumption for remote-cache lifetimes),
 which is more than twice TRUST_SECONDS: so whatever this cache claims present is still in
 storage, even while another process evicts.
+
+A blob is remembered by its key and its size together (REAPI `Digest`: "the size is
+considered to be an integral part of the digest and cannot be separated"): having seen
+`H/100` says nothing of `H/95`, which names no blob this store holds. Storage is touched by
+key alone.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,44 +31,54 @@ MAX_ENTRIES = 2_000_000
 FLUSH_SECONDS = 5.0
 
 
+def entry(key: str, size: int) -> str:
+    """How a blob is remembered: its storage key and its size."""
+    return f"{key}#{size}"
+
+
 class Presence:
     def __init__(self, store: "BlobStore") -> None:
         self.store = store
+        # entry(key, size) -> when this process last confirmed it.
         self._seen: dict[str, float] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
 
-    def known(self, key: str, now: float) -> bool:
-        seen = self._seen.get(key)
+    def known(self, key: str, size: int, now: float) -> bool:
+        seen = self._seen.get(entry(key, size))
         return seen is not None and now - seen < TRUST_SECONDS
 
-    def unknown(self, keys: list[str], now: float) -> list[int]:
-        """Indices of the keys this process cannot vouch for (one dict lookup each)."""
+    def unknown(self, entries: Sequence[str], now: float) -> list[int]:
+        """Indices of the blobs (each given as its `entry`) this process cannot vouch for,
+        one dict lookup each: FindMissingBlobs asks about 10,000 a call."""
         get = self._seen.get
         horizon = now - TRUST_SECONDS
-        return [i for i, key in enumerate(keys) if (seen := get(key)) is None or seen <= horizon]
+        return [i for i, e in enumerate(entries) if (seen := get(e)) is None or seen <= horizon]
 
-    def confirm(self, key: str, touched_at: float | None, now: float) -> None:
-        """Record that `key` exists; `touched_at` is its last touch in storage, if known."""
+    def confirm(self, key: str, size: int, touched_at: float | None, now: float) -> None:
+        """Record that `key` exists with `size` bytes; `touched_at` is its last touch in
+        storage, if known."""
         seen = self._seen
         if len(seen) >= MAX_ENTRIES:
             self._shrink()
-        seen.pop(key, None)
-        seen[key] = now
+        remembered = entry(key, size)
+        seen.pop(remembered, None)
+        seen[remembered] = now
         if touched_at is None or now - touched_at > TRUST_SECONDS:
             self._schedule_touch([key])
 
-    def confirm_many(self, keys: Iterable[str], now: float) -> None:
-        """Record blobs just written: their touch time is now, so no touch is needed."""
+    def confirm_many(self, blobs: Iterable[tuple[str, int]], now: float) -> None:
+        """Record blobs (key, size) just written: their touch time is now, so no touch is
+        needed."""
         seen = self._seen
         if len(seen) >= MAX_ENTRIES:
             self._shrink()
-        for key in keys:
-            seen[key] = now
+        for key, size in blobs:
+            seen[entry(key, size)] = now
 
-    def forget(self, key: str) -> None:
-        self._seen.pop(key, None)
+    def forget(self, key: str, size: int) -> None:
+        self._seen.pop(entry(key, size), None)
 
     def clear(self) -> None:
         self._seen.clear()

@@ -222,7 +222,10 @@ class S3BlobStore:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, size: int | None = None) -> bytes | None:
+        """The object's bytes, or None; None too when `size` is given and the object is of
+        another size, told by the reply's Content-Length before the body is read: no extra
+        request, and no body of the wrong size is downloaded."""
         try:
             reply = self.client.get_object(Bucket=self.bucket, Key=self._object(key))
         except ClientError as exc:
@@ -230,13 +233,16 @@ class S3BlobStore:
                 self._lost(key)
                 return None
             raise
+        if size is not None and int(reply["ContentLength"]) != size:
+            reply["Body"].close()
+            return None
         return cast(bytes, reply["Body"].read())
 
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """get() of each key, in parallel (BatchReadBlobs)."""
-        return list(self._pool.map(self.get, keys))
+    def get_many(self, keys: list[str], sizes: list[int]) -> list[bytes | None]:
+        """get() of each key with its size, in parallel (BatchReadBlobs)."""
+        return list(self._pool.map(self.get, keys, sizes))
 
-    def open(self, key: str) -> BinaryIO | None:
+    def open(self, key: str, size: int | None = None) -> BinaryIO | None:
         try:
             reader = _ObjectReader(self.client, self.bucket, self._object(key))
         except ClientError as exc:
@@ -244,6 +250,9 @@ class S3BlobStore:
                 self._lost(key)
                 return None
             raise
+        if size is not None and reader.size != size:
+            reader.close()
+            return None
         return cast(BinaryIO, reader)
 
     # --- writes ---------------------------------------------------------------------------
@@ -390,7 +399,9 @@ class _ObjectReader(io.RawIOBase):
         self._bucket = bucket
         self._name = name
         self._lock = threading.Lock()
-        self._body = client.get_object(Bucket=bucket, Key=name)["Body"]
+        reply = client.get_object(Bucket=bucket, Key=name)
+        self._body = reply["Body"]
+        self.size = int(reply["ContentLength"])
         self._pos = 0
         self._body_pos = 0
 

@@ -101,6 +101,36 @@ def test_an_entry_whose_output_tree_is_incomplete_is_a_miss(client: Client) -> N
     assert client.get_action_result(action).output_directories[0].path == "out"
 
 
+def test_an_entry_listing_a_digest_of_another_size_is_a_miss(client: Client) -> None:
+    out = os.urandom(300)
+    client.upload(out)
+    empty_of_five = re_pb2.Digest(hash=digest(b"").hash, size_bytes=5)
+    out_short = re_pb2.Digest(hash=digest(out).hash, size_bytes=299)
+    tree = re_pb2.Tree(root=re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=out_short)]))
+    client.upload(tree.SerializeToString())
+    results = [
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=empty_of_five)]),
+        re_pb2.ActionResult(stdout_digest=empty_of_five),
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=out_short)]),
+        re_pb2.ActionResult(
+            output_directories=[
+                re_pb2.OutputDirectory(path="dir", tree_digest=digest(tree.SerializeToString()))
+            ]
+        ),
+    ]
+    for result in results:
+        action = digest(os.urandom(32))
+        client.update_action_result(action, result)
+        with pytest.raises(grpc.RpcError) as info:
+            client.get_action_result(action)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, result
+    # The same entry naming the blob by its own digest is a hit.
+    action = digest(os.urandom(32))
+    whole = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=digest(out))])
+    client.update_action_result(action, whole)
+    assert client.get_action_result(action) == whole
+
+
 def test_it_rejects_malformed_entries(client: Client) -> None:
     action = digest(os.urandom(32))
     bad = re_pb2.ActionResult(

@@ -6,12 +6,15 @@ import grpc
 import pytest
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from tests.reapi_client import Client, digest
 from tests.servers import ReapiServer
 from tests.storage_probe import stored_files
 from tests.tenants import Persona
 
 EMPTY = digest(b"")
+NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 @pytest.fixture
@@ -34,6 +37,85 @@ def test_the_empty_blob_is_always_present(client: Client) -> None:
     assert client.missing(EMPTY) == []
     assert client.batch_read(EMPTY).responses[0].data == b""
     assert client.read(EMPTY) == b""
+
+
+def stream_read(client: Client, resource: str) -> tuple[grpc.StatusCode, bytes]:
+    """A ByteStream Read's status and every byte that came before it."""
+    received = []
+    try:
+        for response in client.bytestream.Read(
+            bs_pb2.ReadRequest(resource_name=resource), metadata=client.metadata
+        ):
+            received.append(response.data)
+    except grpc.RpcError as exc:
+        return exc.code(), b"".join(received)
+    return grpc.StatusCode.OK, b"".join(received)
+
+
+def get_tree_code(client: Client, root: re_pb2.Digest) -> grpc.StatusCode:
+    try:
+        list(client.cas.GetTree(re_pb2.GetTreeRequest(root_digest=root), metadata=client.metadata))
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_the_empty_hash_with_another_size_is_not_present(client: Client) -> None:
+    fake = re_pb2.Digest(hash=EMPTY.hash, size_bytes=5)
+    assert client.missing(EMPTY, fake) == [fake]
+    reply = client.batch_read(EMPTY, fake)
+    assert [r.status.code for r in reply.responses] == [0, NOT_FOUND]
+    assert stream_read(client, client.resource(fake)) == (grpc.StatusCode.NOT_FOUND, b"")
+    assert stream_read(client, f"compressed-blobs/zstd/{fake.hash}/5") == (grpc.StatusCode.NOT_FOUND, b"")
+    assert get_tree_code(client, fake) == grpc.StatusCode.NOT_FOUND
+    # Writing it is a size mismatch, with or without bytes, in a batch or a stream.
+    reply = client.cas.BatchUpdateBlobs(
+        re_pb2.BatchUpdateBlobsRequest(requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=fake)]),
+        metadata=client.metadata,
+    )
+    assert reply.responses[0].status.code == INVALID_ARGUMENT
+    assert "got 0 bytes, the digest says 5" in reply.responses[0].status.message
+    before = stored_files()
+    with pytest.raises(grpc.RpcError) as info:
+        client.write(b"", resource=client.upload_resource(fake))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"not {EMPTY.hash}/5" in (info.value.details() or "")
+    status = client.bytestream.QueryWriteStatus(
+        bs_pb2.QueryWriteStatusRequest(resource_name=client.upload_resource(fake)), metadata=client.metadata
+    )
+    assert not status.complete
+    assert client.missing(EMPTY, fake) == [fake]
+    assert stored_files() == before
+
+
+def test_a_digest_whose_size_is_not_the_stored_blobs_is_not_found_anywhere(client: Client) -> None:
+    data = os.urandom(100)
+    stored = digest(data)
+    client.upload(data)
+    others = [re_pb2.Digest(hash=stored.hash, size_bytes=n) for n in (95, 105, 0)]
+    # The server has just confirmed the 100-byte blob: what it remembers is that blob only.
+    assert client.missing(stored, *others) == others
+    reply = client.batch_read(*others, stored)
+    assert [r.status.code for r in reply.responses] == [NOT_FOUND] * 3 + [0]
+    assert [r.data for r in reply.responses] == [b""] * 3 + [data]
+    for d in others:
+        # Not a byte of the stored blob is sent under a digest that is not its own.
+        assert stream_read(client, client.resource(d)) == (grpc.StatusCode.NOT_FOUND, b"")
+        compressed = f"compressed-blobs/zstd/{d.hash}/{d.size_bytes}"
+        assert stream_read(client, compressed) == (grpc.StatusCode.NOT_FOUND, b"")
+    # A write under the wrong size is no "already present": it is refused, and what is
+    # stored stays whole.
+    with pytest.raises(grpc.RpcError) as info:
+        client.write(data[:95], resource=client.upload_resource(others[0]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.missing(stored, others[0]) == [others[0]]
+    assert client.read(stored) == data
+    # A directory read as a tree root under the wrong size is not found either.
+    directory = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=stored)]).SerializeToString()
+    client.upload(directory)
+    assert get_tree_code(client, digest(directory)) == grpc.StatusCode.OK
+    wrong_root = re_pb2.Digest(hash=digest(directory).hash, size_bytes=len(directory) - 1)
+    assert get_tree_code(client, wrong_root) == grpc.StatusCode.NOT_FOUND
 
 
 def test_a_digest_mismatch_fails_that_blob_and_stores_the_others(client: Client) -> None:
