@@ -156,7 +156,7 @@ def cache_mode(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @never_cache
 def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    form = forms.TokenForm(request.POST or None, tenant=acc.tenant)
+    form = forms.TokenForm(request.POST or None, tenant=acc.tenant, admin=acc.is_admin)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -164,7 +164,7 @@ def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
                 acc.tenant,
                 acc.user.get_username(),
                 name=data["name"],
-                scopes=data["scopes"],
+                scopes=form.chosen_scopes(),
                 expires_in_days=data["expires_in_days"],
                 actor=acc.user,
             )
