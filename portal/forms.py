@@ -4,8 +4,10 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
 
-from portal import bazelrc
+from portal import bazelrc, login_throttle
 from portal.models import ADMIN_SCOPE, READ_SCOPES, SCOPES, CacheMode, Role, Tenant
 
 SCOPE_CHOICES = [(s, s) for s in SCOPES]
@@ -14,6 +16,22 @@ CLUSTER_CHOICES = [
     ("external", "External (developer workstations)"),
     ("internal", "Internal (CI runners)"),
 ]
+
+
+class LoginForm(AuthenticationForm):
+    """The portal's password sign-in, throttled per account and address (portal/login_throttle.py)."""
+
+    def clean(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return login_throttle.guard(self.request, data.get("username"), data.get("password"), super().clean)
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """The admin site's password sign-in, under the same throttle as the portal's."""
+
+    def clean(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return login_throttle.guard(self.request, data.get("username"), data.get("password"), super().clean)
 
 
 class TokenForm(forms.Form):
