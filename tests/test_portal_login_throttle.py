@@ -127,15 +127,17 @@ def test_the_admin_site_login_is_throttled_too() -> None:
     assert not signed_in(client)
 
 
-@override_settings(LOGIN_LOCKOUT_SECONDS=1)
 def test_a_lockout_ends() -> None:
     user = account()
     client = Client()
-    for i in range(5):
-        sign_in(client, user.username, "guess", address(i))
-    assert sign_in(client, user.username, PASSWORD, address(8)).status_code == 429
-    time.sleep(1.5)  # the lockout is one second here
+    for i in range(4):
+        assert sign_in(client, user.username, "guess", address(i)).status_code == 200
+    with override_settings(LOGIN_LOCKOUT_SECONDS=1):
+        # The fifth failure starts a lockout, of one second here.
+        assert sign_in(client, user.username, "guess", address(4)).status_code == 429
+    time.sleep(1.5)
     assert sign_in(client, user.username, PASSWORD, address(8)).status_code == 302
+    assert signed_in(client)
 
 
 def test_a_members_lockout_is_in_the_tenants_audit_log(acme: Persona) -> None:
