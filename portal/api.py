@@ -1,6 +1,7 @@
 """REST API v1 (README "REST API"): tenants, tokens and members, over the same services as the
 pages. Members see only their own tenants; developers only their own tokens (others' are 404);
-admin-only actions are 403 for developers. A PAT opens only its own tenant."""
+admin-only actions are 403 for developers. A PAT (with portal:admin, portal/api_auth.py) opens
+only its own tenant, and the tokens it creates have no scope it lacks and expire no later."""
 
 from typing import Any
 
@@ -16,7 +17,7 @@ from rest_framework.views import APIView
 
 from portal import bazelrc, invitations, tenancy, tokens
 from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
-from portal.models import SCOPES, AccessToken, CacheMode, Membership, Role
+from portal.models import TOKEN_SCOPES, AccessToken, CacheMode, Membership, Role
 
 
 def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess:
@@ -57,9 +58,17 @@ class TokenSerializer(serializers.Serializer):
 
 class TokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=SCOPES), min_length=1)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=TOKEN_SCOPES),
+        min_length=1,
+        max_length=len(TOKEN_SCOPES),
+        help_text="portal:admin (this API) only by name; a token creating a token grants only its own scopes",
+    )
     expires_in_days = serializers.IntegerField(
-        required=False, min_value=0, help_text="default 90; 0 (never) only where the tenant allows it"
+        required=False,
+        min_value=0,
+        max_value=tokens.MAX_EXPIRY_DAYS,
+        help_text="default 90; 0 (never) only where the tenant allows it; never past the calling token's expiry",
     )
     cluster = serializers.ChoiceField(choices=settings.CLUSTERS, default="external")
 
@@ -146,7 +155,10 @@ class TokenList(APIView):
                 scopes=data["scopes"],
                 expires_in_days=data.get("expires_in_days"),
                 actor=acc.user,
+                issued_by=request.auth if isinstance(request.auth, AccessToken) else None,
             )
+        except tokens.TokenRefused as exc:
+            raise PermissionDenied(str(exc)) from None
         except tokens.TokenError as exc:
             raise ValidationError({"detail": str(exc)}) from None
         read_only = not {"cas:write", "ac:write"} & set(issued.token.scope_list)

@@ -1,7 +1,9 @@
 """REST API authentication by personal access token: `Authorization: Bearer aw_pat_…`.
 
-Only a tenant admin's PAT opens the API, and only for that token's tenant (portal/api.py).
-The same checks as the gRPC edge: format and checksum before any query, then the digest.
+Only a tenant admin's PAT with the portal:admin scope opens the API, and only for that token's
+tenant (portal/api.py); the REAPI scopes alone never do, so a token made for Bazel cannot mint
+tokens or manage members. The same checks as the gRPC edge: format and checksum before any
+query, then the digest.
 """
 
 from datetime import timedelta
@@ -13,7 +15,7 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from portal import audit, pats
-from portal.models import AccessToken, Membership, Role
+from portal.models import ADMIN_SCOPE, AccessToken, Membership, Role
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -39,6 +41,10 @@ class PatAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(f"the owner of token {token.prefix}… is deactivated")
         if not Membership.objects.filter(tenant=token.tenant, user=token.user, role=Role.ADMIN).exists():
             raise exceptions.PermissionDenied("the API accepts personal access tokens of tenant admins only")
+        if ADMIN_SCOPE not in token.scope_list:
+            raise exceptions.PermissionDenied(
+                f"personal access token {token.prefix}… lacks the {ADMIN_SCOPE} scope the API requires"
+            )
         note_use(token)
         return token.user, token
 
@@ -69,5 +75,8 @@ class PatScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "A tenant admin's personal access token: Authorization: Bearer aw_pat_…",
+            "description": (
+                "A tenant admin's personal access token with the portal:admin scope: "
+                "Authorization: Bearer aw_pat_…"
+            ),
         }

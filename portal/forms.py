@@ -4,9 +4,11 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
 
-from portal import bazelrc
-from portal.models import READ_SCOPES, SCOPES, CacheMode, Role, Tenant
+from portal import bazelrc, login_throttle
+from portal.models import ADMIN_SCOPE, READ_SCOPES, SCOPES, CacheMode, Role, Tenant
 
 SCOPE_CHOICES = [(s, s) for s in SCOPES]
 EXPIRY_CHOICES = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
@@ -14,6 +16,22 @@ CLUSTER_CHOICES = [
     ("external", "External (developer workstations)"),
     ("internal", "Internal (CI runners)"),
 ]
+
+
+class LoginForm(AuthenticationForm):
+    """The portal's password sign-in, throttled per account and address (portal/login_throttle.py)."""
+
+    def clean(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return login_throttle.guard(self.request, data.get("username"), data.get("password"), super().clean)
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """The admin site's password sign-in, under the same throttle as the portal's."""
+
+    def clean(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return login_throttle.guard(self.request, data.get("username"), data.get("password"), super().clean)
 
 
 class TokenForm(forms.Form):
@@ -28,11 +46,32 @@ class TokenForm(forms.Form):
         label="Expires in", coerce=int, choices=EXPIRY_CHOICES, initial=settings.TOKEN_DEFAULT_EXPIRY_DAYS
     )
     cluster = forms.ChoiceField(label="Cluster for the .bazelrc", choices=CLUSTER_CHOICES, initial="external")
+    # Apart from the REAPI scopes and never ticked for you: for admins only (see __init__).
+    portal_admin = forms.BooleanField(
+        label=f"{ADMIN_SCOPE}: also open the REST API as me",
+        required=False,
+        initial=False,
+        widget=forms.CheckboxInput(attrs={"aria-describedby": "portal-admin-warning"}),
+        help_text=(
+            "Warning: whoever holds this token can create tokens, invite and remove members and "
+            "change the cache mode through /api/v1/, as you. Only for automation that needs it; "
+            "never for a .bazelrc."
+        ),
+    )
 
-    def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tenant: Tenant, admin: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tenant.allow_non_expiring_tokens:
             self.fields["expires_in_days"].choices = [*EXPIRY_CHOICES, (0, "Never")]  # type: ignore[attr-defined]
+        if not admin:
+            # The API opens to tenant admins' tokens only: a developer has no use for the scope.
+            del self.fields["portal_admin"]
+
+    def chosen_scopes(self) -> list[str]:
+        scopes = list(self.cleaned_data["scopes"])
+        if self.cleaned_data.get("portal_admin"):
+            scopes.append(ADMIN_SCOPE)
+        return scopes
 
 
 class InviteForm(forms.Form):

@@ -6,8 +6,13 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+# The REAPI scopes (contract names): what a token may do on the gRPC endpoint, and the default set.
 SCOPES = ("cas:read", "ac:read", "cas:write", "ac:write", "execute")
 READ_SCOPES = ("cas:read", "ac:read")
+# Opens the portal's REST API as the token's owner (who must be a tenant admin). Never in a
+# default set: it is asked for by name, and it grants nothing on the gRPC endpoint.
+ADMIN_SCOPE = "portal:admin"
+TOKEN_SCOPES = (*SCOPES, ADMIN_SCOPE)
 
 
 class CacheMode(models.TextChoices):

@@ -16,7 +16,11 @@ DATA_DIR = Path(env("DATA_DIR", "./var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 PRODUCTION = envbool("DJANGO_PRODUCTION")
-DEBUG = not PRODUCTION
+# Django's debug pages show settings and every URL pattern to whoever asks: only on request,
+# for development, and never in production.
+DEBUG = envbool("DJANGO_DEBUG")
+if DEBUG and PRODUCTION:
+    raise SettingError("DJANGO_DEBUG=1 and DJANGO_PRODUCTION=1 exclude each other")
 
 if PRODUCTION:
     SECRET_KEY = required("DJANGO_SECRET_KEY")
@@ -43,6 +47,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -50,6 +55,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Response headers in every mode (production adds HSTS and secure cookies below).
+SECURE_CONTENT_TYPE_NOSNIFF = True  # X-Content-Type-Options: nosniff
+SECURE_REFERRER_POLICY = "same-origin"  # no URL of the portal goes to another site
+X_FRAME_OPTIONS = "DENY"  # with the CSP's frame-ancestors 'none' (portal/csp.py)
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"
@@ -220,7 +230,6 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = envint("DJANGO_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_CONTENT_TYPE_NOSNIFF = True
     CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 LOGGING = {

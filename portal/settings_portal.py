@@ -5,6 +5,8 @@ environment variable read strictly: a half-configured provider stops start-up wi
 the missing variables instead of failing at the first login.
 """
 
+import re
+
 from portal.env import SettingError, env, envint, envlist
 
 # --- Portal login: OpenID Connect through mozilla-django-oidc ---------------------------------
@@ -52,6 +54,37 @@ else:
     AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
 
 CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
+
+# --- Password sign-in throttling (portal/login_throttle.py) -------------------------------------
+# Failures counted per account and per client address over LOGIN_LOCKOUT_SECONDS; at the limit
+# that account or address is locked for LOGIN_LOCKOUT_SECONDS (the right password too).
+LOGIN_MAX_FAILURES_PER_ACCOUNT = envint("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)
+LOGIN_MAX_FAILURES_PER_ADDRESS = envint("LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
+LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", 900)
+for _name in ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "LOGIN_MAX_FAILURES_PER_ADDRESS", "LOGIN_LOCKOUT_SECONDS"):
+    if globals()[_name] < 1:
+        raise SettingError(f"{_name} must be at least 1")
+# The client's address: REMOTE_ADDR, unless a proxy in front sets this header (its last address
+# is the one the proxy saw). Name it only behind such a proxy: anyone can send the header, and a
+# client that picks its own address escapes the per-address limit.
+PORTAL_CLIENT_IP_HEADER = env("PORTAL_CLIENT_IP_HEADER").strip()
+if PORTAL_CLIENT_IP_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", PORTAL_CLIENT_IP_HEADER):
+    raise SettingError(f"PORTAL_CLIENT_IP_HEADER must be a header name, not {PORTAL_CLIENT_IP_HEADER!r}")
+PORTAL_CLIENT_IP_META = (
+    "HTTP_" + PORTAL_CLIENT_IP_HEADER.upper().replace("-", "_") if PORTAL_CLIENT_IP_HEADER else ""
+)
+# Where the counters live: this process's memory by default; Redis to share them between
+# several portal processes (otherwise each process allows the limits on its own).
+PORTAL_CACHE_URL = env("PORTAL_CACHE_URL", "locmem://")
+if PORTAL_CACHE_URL == "locmem://":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "portal"}}
+elif PORTAL_CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": PORTAL_CACHE_URL}
+    }
+else:
+    _scheme = PORTAL_CACHE_URL.partition(":")[0]  # not the rest: it may hold a password
+    raise SettingError(f"PORTAL_CACHE_URL must be locmem:// or a redis:// URL, not {_scheme}:…")
 
 # --- REST API -----------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,7 +1,7 @@
 """Issuing, revoking and listing personal access tokens."""
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -10,13 +10,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal import audit, pats
-from portal.models import SCOPES, AccessToken, Membership, Tenant
+from portal.models import ADMIN_SCOPE, SCOPES, TOKEN_SCOPES, AccessToken, Membership, Role, Tenant
 
+# The default set of every way to issue a token: the REAPI scopes, never portal:admin.
 ALL_SCOPES = ",".join(SCOPES)
+# The longest expiry one may ask for (0 is "never", where the tenant allows it).
+MAX_EXPIRY_DAYS = 3650
 
 
 class TokenError(ValueError):
     pass
+
+
+class TokenRefused(TokenError):
+    """The request is well formed but the caller may not have this token (the API's 403)."""
 
 
 @dataclass(frozen=True)
@@ -25,16 +32,16 @@ class IssuedToken:
     secret: str  # shown once, never stored
 
 
-def parse_scopes(text: str | list[str]) -> list[str]:
+def parse_scopes(text: str | list[str], allowed: tuple[str, ...] = SCOPES) -> list[str]:
     items = text.split(",") if isinstance(text, str) else list(text)
     scopes = [s.strip() for s in items if s.strip()]
-    unknown = [s for s in scopes if s not in SCOPES]
+    unknown = [s for s in scopes if s not in allowed]
     if unknown:
-        raise TokenError(f"unknown scope(s) {', '.join(unknown)} (choose from {', '.join(SCOPES)})")
+        raise TokenError(f"unknown scope(s) {', '.join(unknown)} (choose from {', '.join(allowed)})")
     if not scopes:
         raise TokenError("a token needs at least one scope")
     # Stored in the contract order so the same set always reads the same.
-    return [s for s in SCOPES if s in scopes]
+    return [s for s in allowed if s in scopes]
 
 
 def issue(
@@ -45,22 +52,37 @@ def issue(
     scopes: str | list[str] = ALL_SCOPES,
     expires_in_days: int | None = None,
     actor: User | None = None,
+    issued_by: AccessToken | None = None,
 ) -> IssuedToken:
-    scope_list = parse_scopes(scopes)
+    """`issued_by`: the token that asks for this one (the REST API); the new token may have
+    none of the scopes it lacks and may not outlive it. Without `expires_in_days` it gets the
+    default expiry, cut to the issuing token's own."""
+    scope_list = parse_scopes(scopes, TOKEN_SCOPES)
+    default_expiry = expires_in_days is None
     if expires_in_days is None:
         expires_in_days = settings.TOKEN_DEFAULT_EXPIRY_DAYS
     if expires_in_days < 0:
         raise TokenError("--expires-in must be a positive number of days")
+    if expires_in_days > MAX_EXPIRY_DAYS:
+        raise TokenError(f"a token expires in at most {MAX_EXPIRY_DAYS} days")
     if expires_in_days == 0 and not tenant.allow_non_expiring_tokens:
         raise TokenError(f"tenant {tenant.slug!r} does not allow tokens that never expire")
+    now = timezone.now()
+    expires_at = now + timedelta(days=expires_in_days) if expires_in_days else None
+    if issued_by is not None:
+        if default_expiry and issued_by.expires_at is not None and expires_at is not None:
+            expires_at = min(expires_at, issued_by.expires_at)
+        check_within(issued_by, scope_list, expires_at, now)
     try:
         user = get_user_model().objects.get(username=username)
     except get_user_model().DoesNotExist:
         raise TokenError(f"no user {username!r}") from None
-    if not Membership.objects.filter(tenant=tenant, user=user).exists():
+    membership = Membership.objects.filter(tenant=tenant, user=user).first()
+    if membership is None:
         raise TokenError(f"user {username!r} is not a member of tenant {tenant.slug!r}")
+    if ADMIN_SCOPE in scope_list and membership.role != Role.ADMIN and not user.is_superuser:
+        raise TokenRefused(f"only the tenant's admins may hold {ADMIN_SCOPE} tokens")
     secret = pats.generate()
-    now = timezone.now()
     with transaction.atomic():
         token = AccessToken.objects.create(
             tenant=tenant,
@@ -70,7 +92,7 @@ def issue(
             digest=pats.digest(secret),
             scopes=",".join(scope_list),
             created_at=now,
-            expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+            expires_at=expires_at,
         )
         audit.record(
             "token.issue",
@@ -81,6 +103,23 @@ def issue(
             scopes=scope_list,
         )
     return IssuedToken(token=token, secret=secret)
+
+
+def check_within(parent: AccessToken, scopes: list[str], expires_at: datetime | None, now: datetime) -> None:
+    """A token never mints a token with more power or a longer life than its own."""
+    missing = [s for s in scopes if s not in parent.scope_list]
+    if missing:
+        raise TokenRefused(
+            f"token {parent.prefix}… cannot issue a token with scope(s) it lacks: {', '.join(missing)}"
+        )
+    if parent.expires_at is None or (expires_at is not None and expires_at <= parent.expires_at):
+        return
+    days_left = (parent.expires_at - now) // timedelta(days=1)
+    ask = f"ask for at most {days_left} day(s)" if days_left > 0 else "it expires within a day"
+    raise TokenRefused(
+        f"the new token would outlive token {parent.prefix}…, which expires "
+        f"{parent.expires_at:%Y-%m-%d %H:%M} UTC: {ask}"
+    )
 
 
 def find(pat_or_id: str) -> AccessToken:

@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from portal import views
+from portal import forms, views
+
+# Password sign-ins through the admin site are throttled like the portal's (portal/login_throttle.py).
+admin.site.login_form = forms.AdminLoginForm
 
 urlpatterns = [
     # With an OpenID provider, the admin site signs in through it too (no second password login).

@@ -57,6 +57,7 @@ class LoginView(auth_views.LoginView):
 
     template_name = "portal/login.html"
     redirect_authenticated_user = True
+    authentication_form = forms.LoginForm
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
@@ -67,6 +68,15 @@ class LoginView(auth_views.LoginView):
         if settings.OIDC_ENABLED:
             return page(request, None, "login_failed", message="Sign in with the provider.", status=405)
         return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        response = super().form_invalid(form)
+        throttled = [e for e in form.non_field_errors().as_data() if e.code == "throttled"]
+        if throttled:
+            # RFC 6585 section 4: 429 Too Many Requests, with when to come back (RFC 9110 10.2.3).
+            response.status_code = 429
+            response["Retry-After"] = str(throttled[0].params["retry_after"])
+        return response
 
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
@@ -156,7 +166,7 @@ def cache_mode(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @never_cache
 def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    form = forms.TokenForm(request.POST or None, tenant=acc.tenant)
+    form = forms.TokenForm(request.POST or None, tenant=acc.tenant, admin=acc.is_admin)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -164,7 +174,7 @@ def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
                 acc.tenant,
                 acc.user.get_username(),
                 name=data["name"],
-                scopes=data["scopes"],
+                scopes=form.chosen_scopes(),
                 expires_in_days=data["expires_in_days"],
                 actor=acc.user,
             )
@@ -339,11 +349,15 @@ def ci_remove(request: HttpRequest, acc: TenantAccess, rule_id: int) -> HttpResp
 @tenant_view(admin=True)
 @require_GET
 def audit_log(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    # Logins carry no tenant: a tenant's log shows those of its members.
+    # Logins and sign-in lockouts carry no tenant: a tenant's log shows its members'.
     events = (
         AuditEvent.objects.filter(
             Q(tenant=acc.tenant)
-            | Q(tenant__isnull=True, action="login", actor__memberships__tenant=acc.tenant)
+            | Q(
+                tenant__isnull=True,
+                action__in=["login", "login.lockout"],
+                actor__memberships__tenant=acc.tenant,
+            )
         )
         .select_related("actor")
         .order_by("-created_at", "-id")

@@ -17,7 +17,7 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from portal import audit, pats
-from portal.models import AccessToken
+from portal.models import SCOPES, AccessToken
 from reapi.errors import PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def _lookup(digest: str) -> Principal | Unauthenticated:
         cache_mode=token.tenant.cache_mode,
         user_id=token.user_id,
         username=token.user.get_username(),
-        scopes=frozenset(token.scope_list),
+        # The REAPI scopes only: portal:admin opens the portal's REST API and grants nothing here.
+        scopes=frozenset(s for s in token.scope_list if s in SCOPES),
         expires_at=token.expires_at,
         token_id=token.id,
         token_prefix=token.prefix,

@@ -167,7 +167,8 @@ class OidcProvider:
 
 
 class PortalServer:
-    """`manage.py runserver` on a free port, with extra environment (e.g. the provider's)."""
+    """`manage.py runserver` on a free port, with extra environment (e.g. the provider's),
+    serving its static files with DEBUG off as `manage.py runall` does."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -186,6 +187,7 @@ class PortalServer:
                     "runserver",
                     f"127.0.0.1:{self.port}",
                     "--noreload",
+                    "--insecure",
                 ],
                 cwd=ROOT,
                 env=self.env,

@@ -105,3 +105,33 @@ def test_it_revokes_by_token_and_by_id() -> None:
     assert AccessToken.objects.filter(tenant__slug=s, revoked_at__isnull=False).count() == 2
     assert AuditEvent.objects.filter(tenant__slug=s, action="token.revoke").count() == 2
     assert "revoked" in manage("token", "list", "--tenant", s).stdout
+
+
+def test_it_issues_portal_admin_only_when_named_and_only_to_admins() -> None:
+    s = slug()
+    manage("tenant", "create", s)
+    manage("tenant", "add-member", s, f"ivy-{s}", "--role", "admin")
+    manage("tenant", "add-member", s, f"jon-{s}")
+    default = manage("token", "issue", "--tenant", s, "--user", f"ivy-{s}").stdout.splitlines()[-1]
+    assert "portal:admin" not in AccessToken.objects.get(digest=pats.digest(default)).scope_list
+    named = manage(
+        "token", "issue", "--tenant", s, "--user", f"ivy-{s}", "--scopes", "cas:read,portal:admin"
+    ).stdout.splitlines()[-1]
+    assert AccessToken.objects.get(digest=pats.digest(named)).scope_list == ["cas:read", "portal:admin"]
+    developer = manage(
+        "token", "issue", "--tenant", s, "--user", f"jon-{s}", "--scopes", "portal:admin", check=False
+    )
+    assert developer.returncode != 0 and "only the tenant's admins may hold portal:admin" in developer.stderr
+    assert not AccessToken.objects.filter(tenant__slug=s, user__username=f"jon-{s}").exists()
+    assert "portal:admin" in manage("token", "issue", "--help").stdout
+
+
+def test_it_refuses_an_expiry_past_ten_years() -> None:
+    s = slug()
+    manage("tenant", "create", s)
+    manage("tenant", "add-member", s, f"kim-{s}")
+    far = manage(
+        "token", "issue", "--tenant", s, "--user", f"kim-{s}", "--expires-in", "999999999", check=False
+    )
+    assert far.returncode != 0 and "at most 3650 days" in far.stderr
+    assert not AccessToken.objects.filter(tenant__slug=s).exists()

@@ -4,14 +4,21 @@ CSRF, or a tenant admin's PAT; members see only their tenant, developers only th
 import re
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import requests
 import yaml
 
 from portal import tokens
-from portal.models import AccessToken, Invitation, Membership, Tenant
+from portal.models import SCOPES, AccessToken, Invitation, Membership, Tenant
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from tests.oidc import PortalServer
+from tests.reapi_client import Client, digest
+from tests.servers import ReapiServer
 from tests.tenants import Persona
+
+# What an automation token for this API carries: the REAPI scopes and, named, portal:admin.
+API_SCOPES = ",".join([*SCOPES, "portal:admin"])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def test_anonymous_calls_are_401(portal: PortalServer, acme: Persona) -> None:
 
 
 def test_an_admin_pat_manages_its_tenant(portal: PortalServer, acme: Persona) -> None:
-    api = pat_session(acme.pat())
+    api = pat_session(acme.pat(scopes=API_SCOPES))
     base = f"{portal.url}/api/v1/tenants/{acme.slug}"
     assert api.get(f"{base}/").json()["role"] == "admin"
     assert api.patch(f"{base}/", json={"cache_mode": "pass-through"}).status_code == 200
@@ -93,7 +100,7 @@ def test_an_admin_pat_manages_its_tenant(portal: PortalServer, acme: Persona) ->
 
 
 def test_bad_token_requests_say_what_is_wrong(portal: PortalServer, acme: Persona) -> None:
-    api = pat_session(acme.pat())
+    api = pat_session(acme.pat(scopes=API_SCOPES))
     reply = api.post(
         f"{portal.url}/api/v1/tenants/{acme.slug}/tokens/", json={"name": "x", "scopes": ["root"]}
     )
@@ -113,14 +120,14 @@ def test_a_developers_pat_does_not_open_the_api(portal: PortalServer, acme: Pers
 
 
 def test_a_revoked_or_malformed_pat_is_401(portal: PortalServer, acme: Persona) -> None:
-    issued = tokens.issue(acme.tenant, acme.admin, name="old")
+    issued = tokens.issue(acme.tenant, acme.admin, name="old", scopes=API_SCOPES)
     tokens.revoke(issued.token)
     for token in (issued.secret, "aw_pat_" + "x" * 36, "not-a-token"):
         assert pat_session(token).get(f"{portal.url}/api/v1/tenants/").status_code == 401, token
 
 
 def test_a_pat_opens_only_its_own_tenant(portal: PortalServer, acme: Persona, globex: Persona) -> None:
-    api = pat_session(acme.pat())
+    api = pat_session(acme.pat(scopes=API_SCOPES))
     assert [t["slug"] for t in api.get(f"{portal.url}/api/v1/tenants/").json()] == [acme.slug]
     assert api.get(f"{portal.url}/api/v1/tenants/{globex.slug}/").status_code == 404
     theirs = tokens.issue(globex.tenant, globex.admin, name="theirs").token
@@ -155,3 +162,98 @@ def test_an_outsiders_session_gets_404(portal: PortalServer, acme: Persona, glob
     charlie = logged_in(portal, globex.admin)
     assert charlie.get(f"{portal.url}/api/v1/tenants/{acme.slug}/tokens/").status_code == 404
     assert charlie.get(f"{portal.url}/api/v1/tenants/{acme.slug}/members/").status_code == 404
+
+
+def test_it_refuses_a_pat_without_the_portal_admin_scope(portal: PortalServer, acme: Persona) -> None:
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    before = AccessToken.objects.filter(tenant=acme.tenant).count()
+    for scopes in (",".join(SCOPES), "cas:read,ac:read"):
+        api = pat_session(acme.pat(scopes=scopes))
+        listed = api.get(f"{base}/tokens/")
+        assert listed.status_code == 403, scopes
+        assert "lacks the portal:admin scope" in listed.json()["detail"]
+        created = api.post(f"{base}/tokens/", json={"name": "escalate", "scopes": list(SCOPES)})
+        assert created.status_code == 403, scopes
+        assert api.patch(f"{base}/", json={"cache_mode": "pass-through"}).status_code == 403
+    assert AccessToken.objects.filter(tenant=acme.tenant).count() == before + 2
+    assert not AccessToken.objects.filter(tenant=acme.tenant, name="escalate").exists()
+    assert Tenant.objects.get(pk=acme.tenant.pk).cache_mode == "independent"
+
+
+def test_it_refuses_to_mint_a_token_with_scopes_the_caller_lacks(
+    portal: PortalServer, acme: Persona, external_server: ReapiServer
+) -> None:
+    api = pat_session(acme.pat(scopes="cas:read,ac:read,portal:admin"))
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    reply = api.post(f"{base}/tokens/", json={"name": "full", "scopes": list(SCOPES)})
+    assert reply.status_code == 403
+    detail = reply.json()["detail"]
+    assert "scope(s) it lacks: cas:write, ac:write, execute" in detail
+    assert not AccessToken.objects.filter(tenant=acme.tenant, name="full").exists()
+
+    # Within its own scopes it may mint, and what it mints still cannot write the action cache.
+    reply = api.post(f"{base}/tokens/", json={"name": "reader", "scopes": ["cas:read", "ac:read"]})
+    assert reply.status_code == 201
+    assert AccessToken.objects.get(pk=reply.json()["id"]).scope_list == ["cas:read", "ac:read"]
+    with external_server.channel() as channel:
+        client = Client(channel, reply.json()["token"])
+        with pytest.raises(grpc.RpcError) as err:
+            client.update_action_result(digest(b"action"), re_pb2.ActionResult(exit_code=0))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "ac:write" in (err.value.details() or "")
+
+
+def test_it_refuses_to_mint_a_token_that_outlives_the_caller(portal: PortalServer, acme: Persona) -> None:
+    api = pat_session(acme.pat(scopes=API_SCOPES, days=7))
+    parent = AccessToken.objects.get(tenant=acme.tenant, name="test", scopes=API_SCOPES)
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    longer = api.post(f"{base}/tokens/", json={"name": "long", "scopes": ["cas:read"], "expires_in_days": 8})
+    assert longer.status_code == 403
+    assert "would outlive token" in longer.json()["detail"]
+    assert "at most 6 day(s)" in longer.json()["detail"]
+    acme.tenant.allow_non_expiring_tokens = True
+    acme.tenant.save(update_fields=["allow_non_expiring_tokens"])
+    never = api.post(f"{base}/tokens/", json={"name": "long", "scopes": ["cas:read"], "expires_in_days": 0})
+    assert never.status_code == 403 and "would outlive" in never.json()["detail"]
+    assert not AccessToken.objects.filter(tenant=acme.tenant, name="long").exists()
+
+    short = api.post(f"{base}/tokens/", json={"name": "short", "scopes": ["cas:read"], "expires_in_days": 6})
+    assert short.status_code == 201
+    child = AccessToken.objects.get(pk=short.json()["id"])
+    assert child.expires_at is not None and parent.expires_at is not None
+    assert child.expires_at <= parent.expires_at
+    # Asked for no expiry, it gets the default (90 days) cut to the caller's own.
+    default = api.post(f"{base}/tokens/", json={"name": "default", "scopes": ["cas:read"]})
+    assert default.status_code == 201
+    assert AccessToken.objects.get(pk=default.json()["id"]).expires_at == parent.expires_at
+
+    # A token that never expires (the tenant allows it) may mint tokens of any allowed life.
+    forever = pat_session(acme.pat(scopes=API_SCOPES, days=0))
+    made = forever.post(
+        f"{base}/tokens/", json={"name": "year", "scopes": ["cas:read"], "expires_in_days": 365}
+    )
+    assert made.status_code == 201
+    too_long = forever.post(
+        f"{base}/tokens/", json={"name": "x", "scopes": ["cas:read"], "expires_in_days": 10**9}
+    )
+    assert too_long.status_code == 400 and "3650" in too_long.text
+
+
+def test_portal_admin_grants_nothing_on_the_grpc_endpoint(
+    external_server: ReapiServer, acme: Persona
+) -> None:
+    with external_server.channel() as channel:
+        only_api = Client(channel, acme.pat(scopes="portal:admin"))
+        caps = only_api.get_capabilities()
+        assert not caps.cache_capabilities.action_cache_update_capabilities.update_enabled
+        assert not caps.execution_capabilities.exec_enabled
+        for call in (
+            lambda: only_api.missing(digest(b"x")),
+            lambda: only_api.get_action_result(digest(b"action")),
+            lambda: only_api.update_action_result(digest(b"action"), re_pb2.ActionResult()),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    token = AccessToken.objects.get(tenant=acme.tenant, scopes="portal:admin")
+    assert token.first_used_at is not None  # it authenticated: refused for its scopes, not unknown

@@ -1,6 +1,7 @@
 """The whole admin flow in Debian's Chromium, driven by Playwright, against real processes: the
 test OpenID provider, the portal (`manage.py runserver`) and a REAPI server. A screenshot of
-every page goes to tests/artifacts/portal-*.png."""
+every page goes to tests/artifacts/portal-*.png. No page may break its Content-Security-Policy:
+every `securitypolicyviolation` event and every console message about the policy fails the test."""
 
 import re
 import time
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Response,
+    expect,
+    sync_playwright,
+)
 
 from portal import tenancy
 from portal.models import AccessToken, Invitation, Tenant
@@ -59,8 +68,52 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-def shoot(page: Page, artifacts: Path, name: str) -> None:
+class CspWatch:
+    """What a browser context reports against the portal's Content-Security-Policy: the pages'
+    `securitypolicyviolation` events, Chromium's console messages about the policy, and any
+    portal page served without the policy at all (which could then break nothing)."""
+
+    REPORT = """document.addEventListener("securitypolicyviolation", function (e) {
+        window.reportCspViolation(e.violatedDirective + " blocked " + (e.blockedURI || "inline")
+            + " in " + e.documentURI + " line " + e.lineNumber);
+    });"""
+
+    def __init__(self, portal_url: str) -> None:
+        self.portal_url = portal_url
+        self.events: list[str] = []
+        self.console: list[str] = []
+        self.without_policy: list[str] = []
+        self.documents = 0
+
+    def attach(self, context: BrowserContext) -> None:
+        context.expose_binding("reportCspViolation", lambda _source, text: self.events.append(text))
+        context.add_init_script(self.REPORT)
+        context.on("console", self._console)
+        context.on("response", self._response)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text or "Content-Security-Policy" in message.text:
+            self.console.append(f"{message.type}: {message.text}")
+
+    def _response(self, response: Response) -> None:
+        if response.request.resource_type == "document" and response.url.startswith(self.portal_url):
+            self.documents += 1
+            if "frame-ancestors 'none'" not in response.headers.get("content-security-policy", ""):
+                self.without_policy.append(response.url)
+
+    def assert_clean(self, where: str) -> None:
+        assert not self.events, f"{where}: CSP violations {self.events}"
+        assert not self.console, f"{where}: CSP console messages {self.console}"
+        assert not self.without_policy, f"{where}: pages without the policy {self.without_policy}"
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.console.clear()
+
+
+def shoot(page: Page, artifacts: Path, name: str, csp: CspWatch) -> None:
     page.screenshot(path=str(artifacts / f"portal-{name}.png"), full_page=True)
+    csp.assert_clean(name)
 
 
 def no_horizontal_scroll(page: Page) -> bool:
@@ -83,31 +136,33 @@ def test_an_admin_does_everything_in_the_browser(
     Invitation.objects.create(tenant=tenant, email="ada@browser.test", role="admin")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=portal.url)
+    csp = CspWatch(portal.url)
+    csp.attach(context)
     page = context.new_page()
 
     # Log in at the provider and land in the portal.
     page.goto(f"{portal.url}/")
     expect(page).to_have_url(re.compile(r"/login/"))
-    shoot(page, artifacts, "01-login")
+    shoot(page, artifacts, "01-login", csp)
     page.get_by_role("link", name="Sign in with Test provider").click()
     expect(page).to_have_url(re.compile(re.escape(provider.issuer) + "/authorize"))
-    shoot(page, artifacts, "02-provider-login")
+    shoot(page, artifacts, "02-provider-login", csp)
     page.get_by_label("Username").fill("ada")
     page.get_by_label("Password").fill("ada-password")
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{portal.url}/t/{tenant.slug}/")
     expect(page.get_by_role("heading", level=1)).to_contain_text(tenant.slug)
-    shoot(page, artifacts, "03-tenant-dashboard")
+    shoot(page, artifacts, "03-tenant-dashboard", csp)
 
     # Create a token: shown once, no-store, beside its ready .bazelrc.
     page.get_by_role("navigation").get_by_role("link", name="Tokens").click()
-    shoot(page, artifacts, "04-tokens")
+    shoot(page, artifacts, "04-tokens", csp)
     page.get_by_label("Name").fill("laptop")
     with page.expect_response(lambda r: r.request.method == "POST" and "/tokens/" in r.url) as posted:
         page.get_by_role("button", name="Create token").click()
     assert "no-store" in posted.value.headers["cache-control"]
     expect(page.get_by_role("heading", level=1)).to_contain_text("Token created")
-    shoot(page, artifacts, "05-token-created")
+    shoot(page, artifacts, "05-token-created", csp)
     pat = page.locator("#pat").inner_text().strip()
     assert re.fullmatch(r"aw_pat_[0-9A-Za-z]{36}", pat)
     snippet = page.locator("#bazelrc").inner_text()
@@ -129,11 +184,11 @@ def test_an_admin_does_everything_in_the_browser(
 
     # Change the cache mode.
     page.get_by_role("link", name="Cache mode").click()
-    shoot(page, artifacts, "06-cache-mode")
+    shoot(page, artifacts, "06-cache-mode", csp)
     page.get_by_label(re.compile("Pass-through")).check()
     page.get_by_role("button", name="Save cache mode").click()
     expect(page.locator("#current-mode")).to_have_text("pass-through")
-    shoot(page, artifacts, "07-cache-mode-saved")
+    shoot(page, artifacts, "07-cache-mode-saved", csp)
     assert Tenant.objects.get(pk=tenant.pk).cache_mode == "pass-through"
 
     # Revoke the token.
@@ -142,7 +197,7 @@ def test_an_admin_does_everything_in_the_browser(
     row = page.locator(f"#token-{token.id}")
     row.get_by_role("button", name=re.compile("Revoke")).click()
     expect(page.locator(f"#token-{token.id} .status-revoked")).to_have_text("revoked")
-    shoot(page, artifacts, "08-token-revoked")
+    shoot(page, artifacts, "08-token-revoked", csp)
     assert AccessToken.objects.get(pk=token.pk).revoked_at is not None
     deadline = time.monotonic() + 5
     with external_server.channel() as channel:
@@ -171,7 +226,7 @@ def test_an_admin_does_everything_in_the_browser(
     ):
         page.get_by_role("navigation").get_by_role("link", name=link, exact=True).click()
         expect(page.get_by_role("heading", level=1)).to_be_visible()
-        shoot(page, artifacts, name)
+        shoot(page, artifacts, name, csp)
         if name == "10-usage":
             expect(page.locator("#total-hits")).to_have_text("1")
             expect(page.locator("#total-misses")).to_have_text("2")
@@ -191,6 +246,7 @@ def test_an_admin_does_everything_in_the_browser(
 
     # Phone width: the same pages fit without sideways scrolling.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    csp.attach(phone)
     phone.add_cookies(context.cookies())  # type: ignore[arg-type]  # the same dicts, typed apart
     mobile = phone.new_page()
     for path, name in (
@@ -201,10 +257,27 @@ def test_an_admin_does_everything_in_the_browser(
         mobile.goto(f"{portal.url}/t/{tenant.slug}/{path}")
         expect(mobile.get_by_role("heading", level=1)).to_be_visible()
         assert no_horizontal_scroll(mobile), path
-        shoot(mobile, artifacts, name)
+        shoot(mobile, artifacts, name, csp)
     phone.close()
+
+    # The Workers page, which refreshes itself.
+    page.get_by_role("navigation").get_by_role("link", name="Workers", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Workers and queues")
+    shoot(page, artifacts, "17-workers", csp)
+
+    # The watch sees a violation when there is one: an inline <style> added to a page is refused.
+    page.evaluate("document.head.appendChild(document.createElement('style')).textContent = 'h1{}'")
+    for _ in range(100):
+        if csp.events and csp.console:
+            break
+        page.wait_for_timeout(100)
+    assert any("style-src" in e for e in csp.events), csp.events
+    assert any("style-src" in c for c in csp.console), csp.console
+    csp.clear()
 
     # Sign out.
     page.get_by_role("button", name=re.compile("Sign out")).click()
     expect(page).to_have_url(re.compile(r"/login/"))
+    csp.assert_clean("sign-out")
+    assert csp.documents >= 20  # every portal page above was seen with its policy
     context.close()

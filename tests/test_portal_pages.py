@@ -310,3 +310,26 @@ def test_a_superuser_creates_a_tenant_and_becomes_its_admin() -> None:
 def test_only_superusers_create_tenants(acme: Persona) -> None:
     assert client_for(acme.admin).post("/", {"slug": "sneaky"}).status_code == 403
     assert not Tenant.objects.filter(slug="sneaky").exists()
+
+
+def test_the_token_form_offers_portal_admin_to_admins_unticked_with_a_warning(acme: Persona) -> None:
+    alice = client_for(acme.admin)
+    page = alice.get(f"/t/{acme.slug}/tokens/").content.decode()
+    box = re.search(r'<input type="checkbox" name="portal_admin"[^>]*>', page)
+    assert box and "checked" not in box.group(0)
+    assert "Warning: whoever holds this token can create tokens" in page
+    form = {"name": "bazel", "scopes": ["cas:read", "ac:read"], "expires_in_days": 30, "cluster": "external"}
+    assert alice.post(f"/t/{acme.slug}/tokens/", form).status_code == 200
+    assert AccessToken.objects.get(tenant=acme.tenant, name="bazel").scope_list == ["cas:read", "ac:read"]
+    response = alice.post(f"/t/{acme.slug}/tokens/", {**form, "name": "automation", "portal_admin": "on"})
+    assert response.status_code == 200
+    token = AccessToken.objects.get(tenant=acme.tenant, name="automation")
+    assert token.scope_list == ["cas:read", "ac:read", "portal:admin"]
+
+
+def test_the_token_form_gives_developers_no_portal_admin(acme: Persona) -> None:
+    bob = client_for(acme.developer or "")
+    assert 'name="portal_admin"' not in bob.get(f"/t/{acme.slug}/tokens/").content.decode()
+    form = {"name": "sneaky", "scopes": ["cas:read"], "expires_in_days": 30, "cluster": "external"}
+    assert bob.post(f"/t/{acme.slug}/tokens/", {**form, "portal_admin": "on"}).status_code == 200
+    assert AccessToken.objects.get(tenant=acme.tenant, name="sneaky").scope_list == ["cas:read"]

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -50,6 +51,17 @@ def test_runall_serves_the_portal_and_both_clusters_then_stops_cleanly() -> None
         assert "remote_cache" in text
         with urllib.request.urlopen(f"http://127.0.0.1:{portal}/login/", timeout=10) as reply:
             assert reply.status == 200
+            assert "frame-ancestors 'none'" in reply.headers["Content-Security-Policy"]
+            assert "/static/portal/portal.css" in reply.read().decode()
+        # DEBUG is off, and the stylesheet is served all the same.
+        with urllib.request.urlopen(f"http://127.0.0.1:{portal}/static/portal/portal.css", timeout=10) as css:
+            assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{portal}/no-such-page/", timeout=10)
+            raise AssertionError("a missing page was served")
+        except urllib.error.HTTPError as missing:
+            assert missing.code == 404
+            assert "URLconf" not in missing.read().decode()
         for port in (external, internal):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
                 status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)

@@ -50,7 +50,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
         commands = {
-            "portal": [*manage, "runserver", options["portal"], "--noreload"],
+            # DEBUG is off (README, DJANGO_DEBUG): --insecure has runserver serve the static
+            # files itself all the same, since nothing stands in front of it here.
+            "portal": [*manage, "runserver", options["portal"], "--noreload", "--insecure"],
             "reapi-external": [
                 *manage,
                 "reapi",

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal import tenancy, tokens
-from portal.models import SCOPES, AccessToken
+from portal.models import ADMIN_SCOPE, SCOPES, TOKEN_SCOPES, AccessToken
 
 
 class Command(BaseCommand):
@@ -17,7 +17,12 @@ class Command(BaseCommand):
         issue.add_argument("--tenant", required=True)
         issue.add_argument("--user", required=True)
         issue.add_argument("--name", default="")
-        issue.add_argument("--scopes", default=",".join(SCOPES))
+        issue.add_argument(
+            "--scopes",
+            default=",".join(SCOPES),
+            help=f"comma-separated, from {', '.join(TOKEN_SCOPES)}; default: every scope but {ADMIN_SCOPE}, "
+            f"which opens the REST API and must be named",
+        )
         issue.add_argument(
             "--expires-in", type=int, default=None, help="days (0: never, if the tenant allows)"
         )
