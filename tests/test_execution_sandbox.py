@@ -22,6 +22,7 @@ from tests.execution_fixtures import (
     WorkerProcess,
     execute,
     pid_alive,
+    response,
     run,
 )
 from tests.reapi_client import Client
@@ -377,3 +378,20 @@ def test_the_workers_page_shows_sandboxing_and_network_per_pool(
     row = lambda pool: html.split(f'data-pool="external/{pool}"', 1)[1].split("</tr>", 1)[0]  # noqa: E731
     assert "sandboxed" in row("x86-64") and "no network" in row("x86-64")
     assert "network on request" in row("net")
+
+
+def test_a_result_the_action_cache_refuses_is_returned_uncached(
+    client: Client, worker: WorkerProcess
+) -> None:
+    # An output directory holding an absolute symlink: Capabilities disallow those in the cache.
+    spec = ActionSpec(
+        ["/bin/sh", "-c", "ln -s /usr/bin out/tool"], output_directories=["out"], salt=uuid.uuid4().bytes
+    )
+    action = spec.upload(client)
+    reply = response(execute(client, action)[-1])
+    assert reply.status.code == OK_STATUS and reply.result.exit_code == 0, reply
+    assert reply.message.startswith("not cached:"), reply
+    assert len(reply.result.output_directories) == 1
+    with pytest.raises(grpc.RpcError) as err:
+        client.get_action_result(action)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

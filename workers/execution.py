@@ -187,4 +187,11 @@ def _execute_in(
             # The requester's token was revoked while the action ran: its result is returned
             # to the client but not cached, so a purge of that token has nothing to miss.
             log.info("operation %s: result not cached: %s", op.name, exc.message)
+        except InvalidArgument as exc:
+            # A result the action cache refuses (an output tree holding an absolute symlink,
+            # more entries than it takes) is still the action's result; it is not cached.
+            log.info("operation %s: result not cached: %s", op.name, exc.message)
+            return re_pb2.ExecuteResponse(
+                result=result, status=operations.error_status(0, ""), message=f"not cached: {exc.message}"
+            )
     return re_pb2.ExecuteResponse(result=result, status=operations.error_status(0, ""))
