@@ -5,7 +5,9 @@ reapi.errors to status codes.
 """
 
 import base64
+import contextlib
 import hashlib
+import logging
 import os
 import time
 import uuid
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from reapi import digests
+from reapi import digests, faults
 from reapi.blobstore import BlobStore
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError, ResourceExhausted
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.presence import Presence
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
 DEFAULT_TREE_PAGE = 1000
@@ -112,6 +116,7 @@ class Cas:
         now = time.time()
         results: list[ReapiError | None] = []
         to_write: dict[str, bytes] = {}
+        writing: list[int] = []  # the items to_write stores
         for digest, data in items:
             if isinstance(digest, ReapiError):
                 results.append(digest)
@@ -131,8 +136,19 @@ class Cas:
                     results[-1] = exc
                     continue
                 to_write[key] = data
+                writing.append(len(results) - 1)
         if to_write:
-            self.store.put_many(list(to_write.items()))
+            try:
+                self.store.put_many(list(to_write.items()))
+            except Exception as exc:
+                # Storage failed (full, read-only, unreachable): every blob of this write is
+                # refused with the one error, logged once; the batch's other answers stand.
+                failed = faults.as_error(
+                    exc, f"BatchUpdateBlobs of {len(to_write)} blobs for {tenant} into {self.store!r}"
+                )
+                for i in writing:
+                    results[i] = failed
+                return results
             self.presence.confirm_many(to_write, now)
         return results
 
@@ -378,9 +394,18 @@ class Upload:
 
     def suspend(self) -> None:
         """Keep what was written so QueryWriteStatus can report it and the client resume."""
-        self.file.flush()
-        self.file.close()
+        try:
+            self.file.flush()
+        finally:
+            self.file.close()
 
     def discard(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+        """Drop what was written. Never raises: it cleans up after another error, which is the
+        one the client must see (a file it cannot remove expires later: reapi.uploads)."""
+        # Closing flushes, which on a full disk fails again; the file is closed all the same.
+        with contextlib.suppress(OSError):
+            self.file.close()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the partial upload %s: %s", self.path, exc)

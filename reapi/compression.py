@@ -26,8 +26,8 @@ def decompress(data: bytes, size: int) -> bytes:
                 if not chunk:
                     break
                 out += chunk
-    except zstandard.ZstdError as exc:
-        raise InvalidArgument(f"compressed data is not valid zstd: {exc}") from None
+    except zstandard.ZstdError:
+        raise InvalidArgument("compressed data is not valid zstd") from None
     return bytes(out)
 
 
