@@ -10,13 +10,12 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from reapi import digests, faults
+from reapi import digests, faults, uploads
 from reapi.blobstore import BlobStore
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError, ResourceExhausted
@@ -53,8 +52,7 @@ class Cas:
         self.quota = quota or Unlimited()
         self.presence = Presence(store)
         self.max_batch_bytes = max_batch_bytes
-        self.partial_dir = store.spool_dir() / "partial"
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = store.spool_dir()
 
     # --- presence -------------------------------------------------------------------------
 
@@ -233,22 +231,29 @@ class Cas:
             self.presence.confirm(key, None, now)
         return _chunks(f, offset, digest.size - offset if limit == 0 else min(limit, digest.size - offset))
 
-    def _partial_path(self, tenant: str, upload_id: str, digest: Digest) -> Path:
+    def upload_path(self, tenant: str, upload_id: str, digest: Digest) -> Path:
+        """Where the partial of one ByteStream upload waits (reapi.uploads)."""
         name = hashlib.sha256(f"{tenant}\0{upload_id}\0{digest}".encode()).hexdigest()
-        return self.partial_dir / f"{name}.part"
+        return uploads.partial_path(self.spool, tenant, name)
 
     def write_state(self, tenant: str, upload_id: str, digest: Digest) -> WriteState:
         if self.contains(tenant, digest):
             return WriteState(digest.size, True)
         try:
-            size = os.path.getsize(self._partial_path(tenant, upload_id, digest))
+            size = os.path.getsize(self.upload_path(tenant, upload_id, digest))
         except FileNotFoundError:
             size = 0
         return WriteState(size, False)
 
     def open_upload(self, tenant: str, upload_id: str, digest: Digest, offset: int) -> "Upload":
-        self.quota.admit(tenant, digest.size)
-        return Upload(self, tenant, digest, self._partial_path(tenant, upload_id, digest), offset)
+        # A resume asks only for the bytes still to come: those already in the partial were
+        # admitted when they were sent, and the eviction job counts them since (reapi.uploads).
+        self.quota.admit(tenant, max(digest.size - offset, 0))
+        return Upload(self, tenant, digest, self.upload_path(tenant, upload_id, digest), offset)
+
+    def parked_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's partial uploads: stored, not yet blobs, not evictable."""
+        return uploads.parked_bytes(self.spool, tenant)
 
     def commit_file(self, tenant: str, digest: Digest, path: Path) -> None:
         key = digests.cas_key(tenant, digest)
@@ -353,22 +358,23 @@ class Upload:
         self.digest = digest
         self.path = path
         self.hasher = hashlib.sha256()
-        existing = path.stat().st_size if path.exists() else 0
-        if offset not in (0, existing):
-            raise InvalidArgument(
-                f"write_offset {offset} does not match the {existing} bytes committed so far"
-            )
+        # Held open (and locked against expiry) across the stream's messages; closed by
+        # finish, suspend or discard.
         if offset:
-            with open(path, "rb") as f:
-                while block := f.read(READ_CHUNK):
-                    self.hasher.update(block)
-            # Held open across the stream's messages; closed by finish/suspend/discard.
-            self.file = open(path, "ab")  # noqa: SIM115
+            found = uploads.resume(path)
+            existing = 0 if found is None else os.fstat(found.fileno()).st_size
+            if found is None or offset != existing:
+                if found is not None:
+                    found.close()
+                raise InvalidArgument(
+                    f"write_offset {offset} does not match the {existing} bytes committed so far"
+                )
+            self.file = found
+            while block := self.file.read(READ_CHUNK):
+                self.hasher.update(block)
         else:
             # A fresh start replaces any earlier partial of the same upload.
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.new")
-            self.file = open(tmp, "wb")  # noqa: SIM115
-            os.replace(tmp, path)
+            self.file = uploads.start(path)
         self.committed = offset
 
     def append(self, offset: int, data: bytes) -> None:
@@ -388,8 +394,9 @@ class Upload:
             self.discard()
             raise InvalidArgument(f"uploaded data is {got}, not {self.digest}")
         os.fsync(self.file.fileno())
-        self.file.close()
+        # Committed while still open, so still locked: expiry cannot take the file between.
         self.cas.commit_file(self.tenant, self.digest, self.path)
+        self.file.close()
         return self.committed
 
     def suspend(self) -> None:
