@@ -37,7 +37,8 @@ def new_request_id() -> str:
 
 
 def as_error(exc: BaseException, doing: str) -> ReapiError:
-    """The ReapiError a client gets for `exc`, raised while `doing` (for the log).
+    """The ReapiError a client gets for `exc`, raised while `doing`. `doing` is for the log
+    only (it may name a store's path): the client's message is a fixed text and the id.
 
     Every OSError is storage here (files are the only thing this server opens): full when
     the disk or a quota is, otherwise unavailable (read-only, permission, I/O error, ...).
@@ -50,7 +51,7 @@ def as_error(exc: BaseException, doing: str) -> ReapiError:
         return _logged(exc, doing, Unavailable, "storage is unavailable; retry later")
     if isinstance(exc, DATABASE_FAILURES):
         return _logged(exc, doing, Unavailable, "the database is unavailable; retry later")
-    return _logged(exc, doing, Internal, f"{doing} failed on the server")
+    return _logged(exc, doing, Internal, "the server failed on this request")
 
 
 def _logged(exc: BaseException, doing: str, kind: type[ReapiError], message: str) -> ReapiError:
