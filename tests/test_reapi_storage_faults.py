@@ -21,6 +21,7 @@ import pytest
 
 from reapi import faults
 from reapi.errors import Internal
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.models import Blob
 from tests.reapi_client import Client, digest
@@ -240,6 +241,24 @@ def test_an_unreachable_bucket_refuses_writes_as_unavailable(seaweed: SeaweedS3,
         # The presence index (in the database) still answers, and holds nothing unstored.
         assert client.missing(digest(kept), digest(new)) == [digest(new)]
         assert not Blob.objects.filter(tenant=acme.slug, key__endswith=digest(new).hash).exists()
+
+
+def test_a_bucket_that_refuses_requests_is_unavailable(seaweed: SeaweedS3, acme: Persona) -> None:
+    # A bucket these credentials may not write (SeaweedFS answers AccessDenied): an S3 error
+    # reply rather than no reply at all.
+    url = seaweed.url("denied").replace(seaweed.bucket, f"not-{seaweed.bucket}")
+    with ReapiServer("external", env={"REAPI_STORAGE_EXTERNAL": url}) as server:
+        client = Client(server.channel(), acme.pat())
+        details = refused(grpc.StatusCode.UNAVAILABLE, lambda: client.write(os.urandom(20 * KIB)))
+        check_message(details, server, detail_in_log="AccessDenied")
+        reply = client.upload(os.urandom(KIB), os.urandom(KIB))
+        assert [r.status.code for r in reply.responses] == [grpc.StatusCode.UNAVAILABLE.value[0]] * 2
+        check_message(reply.responses[0].status.message, server, detail_in_log="AccessDenied")
+        details = refused(
+            grpc.StatusCode.UNAVAILABLE,
+            lambda: client.update_action_result(digest(os.urandom(8)), re_pb2.ActionResult(exit_code=0)),
+        )
+        check_message(details, server, detail_in_log="AccessDenied")
 
 
 def test_an_unforeseen_failure_is_internal_with_a_request_id_and_its_text_only_in_the_log(
