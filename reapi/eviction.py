@@ -119,7 +119,7 @@ def evict_tenant(store: BlobStore, quota: TenantQuota, now: float, parked: int =
 class Expiry:
     storage: str
     files: int  # partial uploads and staging files removed
-    bytes: int
+    freed_bytes: int
     multipart_uploads: int  # unfinished S3 multipart uploads aborted
 
 

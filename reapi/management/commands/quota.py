@@ -63,7 +63,7 @@ class Command(BaseCommand):
     def do_evict(self, options: dict[str, Any]) -> None:
         for e in eviction.expire_uploads():
             self.stdout.write(
-                f"{e.storage}: expired {e.files} abandoned upload files ({e.bytes} bytes)"
+                f"{e.storage}: expired {e.files} abandoned upload files ({e.freed_bytes} bytes)"
                 + (f", aborted {e.multipart_uploads} multipart uploads" if e.multipart_uploads else "")
             )
         for o in eviction.evict_all():
