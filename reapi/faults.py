@@ -11,9 +11,8 @@ message finds the log line.
 import errno
 import logging
 import secrets
+import sys
 
-import boto3.exceptions
-import botocore.exceptions
 from django.db import InterfaceError, OperationalError
 
 from reapi.errors import Internal, ReapiError, ResourceExhausted, Unavailable
@@ -22,11 +21,13 @@ log = logging.getLogger(__name__)
 
 # A filesystem that is full, or a user quota on it that is.
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-# S3 client failures: unreachable endpoint, timeouts, refused or failed requests.
-S3_FAILURES: tuple[type[Exception], ...] = (
-    botocore.exceptions.BotoCoreError,
-    botocore.exceptions.ClientError,
-    boto3.exceptions.Boto3Error,
+# S3 client failures (unreachable endpoint, timeouts, refused or failed requests), by module
+# and class name: looked up only once the S3 client is loaded, so a server on local disk does
+# not pay half a second at start-up importing it.
+S3_FAILURES = (
+    ("botocore.exceptions", "BotoCoreError"),
+    ("botocore.exceptions", "ClientError"),
+    ("boto3.exceptions", "Boto3Error"),
 )
 # The database went away (the S3 presence index, provenance, quotas live there).
 DATABASE_FAILURES: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
@@ -40,18 +41,27 @@ def as_error(exc: BaseException, doing: str) -> ReapiError:
     """The ReapiError a client gets for `exc`, raised while `doing`. `doing` is for the log
     only (it may name a store's path): the client's message is a fixed text and the id.
 
-    Every OSError is storage here (files are the only thing this server opens): full when
-    the disk or a quota is, otherwise unavailable (read-only, permission, I/O error, ...).
+    An OSError that gets here is storage's (the server's few other network calls, to an
+    OIDC issuer, handle their own): full when the disk or a quota is, otherwise unavailable
+    (read-only, permission denied, I/O error, ...).
     """
     if isinstance(exc, ReapiError):
         return exc
     if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
         return _logged(exc, doing, ResourceExhausted, "storage is full; reads still work")
-    if isinstance(exc, (OSError, *S3_FAILURES)):
+    if isinstance(exc, OSError) or _is_s3_failure(exc):
         return _logged(exc, doing, Unavailable, "storage is unavailable; retry later")
     if isinstance(exc, DATABASE_FAILURES):
         return _logged(exc, doing, Unavailable, "the database is unavailable; retry later")
     return _logged(exc, doing, Internal, "the server failed on this request")
+
+
+def _is_s3_failure(exc: BaseException) -> bool:
+    for module_name, class_name in S3_FAILURES:
+        module = sys.modules.get(module_name)  # not loaded: none of its exceptions exist
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
 
 
 def _logged(exc: BaseException, doing: str, kind: type[ReapiError], message: str) -> ReapiError:
