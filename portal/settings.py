@@ -152,6 +152,10 @@ REAPI_WAITING_THREADS = envint("REAPI_WAITING_THREADS", 512)
 REAPI_CREDENTIAL_TTL_SECONDS = envint("REAPI_CREDENTIAL_TTL_SECONDS", 2)
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
+# A partial upload untouched this long is removed by the maintenance job (reapi/uploads.py).
+REAPI_UPLOAD_EXPIRY_HOURS = envint("REAPI_UPLOAD_EXPIRY_HOURS", 24)
+if REAPI_UPLOAD_EXPIRY_HOURS < 1:
+    raise SettingError(f"REAPI_UPLOAD_EXPIRY_HOURS must be at least 1, not {REAPI_UPLOAD_EXPIRY_HOURS}")
 # Eviction (reapi/eviction.py): a periodic Celery job on the `maintenance` queue, scheduled by
 # beat (`manage.py maintenance` runs both; `make run` starts it).
 REAPI_EVICTION_INTERVAL_SECONDS = envint("REAPI_EVICTION_INTERVAL_SECONDS", 600)

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import os
 import secrets
 import threading
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from reapi.filestorage import atomic_write
+
+log = logging.getLogger(__name__)
 
 # Listings of blob directories kept to answer "absent" without a lookup per name: at most this
 # many names in all (~100 MB), and only from directories unchanged for RACY_NS before listing.
@@ -127,7 +130,12 @@ class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / ".tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # Storage mounted read-only (or full) still serves reads; each write will fail
+            # with its own error (reapi.faults).
+            log.warning("%s: cannot create the spool %s: %s", self, self.tmp, exc)
         self._fd: int | None = None
         # Directory -> (mtime_ns, names): see _listing.
         self._listings: dict[str, tuple[int, frozenset[str]]] = {}

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import zstandard
 
-from reapi import clusters, compression, digests, usage
+from reapi import clusters, compression, digests, faults, usage
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
@@ -57,12 +57,14 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
         self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
     ) -> bs_pb2.WriteResponse:
         upload: Upload | None = None
+        doing = "Write"  # for the log, should storage fail
         try:
             first = next(request_iterator, None)
             if first is None:
                 raise InvalidArgument("Write stream carried no request")
             name = digests.parse_write(first.resource_name)
             tenant, backend = self._backend(name.instance)
+            doing = f"Write of {name.digest} for {tenant} into {backend.store!r}"
             if backend.cas.contains(tenant, name.digest):
                 # REAPI: a blob already present ends the upload at once; compressed uploads
                 # report -1, plain ones the full size.
@@ -93,8 +95,20 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             if upload is not None:
                 upload.discard()
             abort(context, err)
+        except grpc.RpcError:
+            # The client went away (the request iterator raises this): keep the bytes for a
+            # resume.
+            if upload is not None:
+                upload.suspend()
+            raise
+        except Exception as exc:
+            # Storage failed under the write (a full or read-only disk, an unreachable
+            # bucket): what arrived goes, which gives the space back on a full disk.
+            if upload is not None:
+                upload.discard()
+            abort(context, faults.as_error(exc, doing))
         except BaseException:
-            # The client went away (or the server is stopping): keep the bytes for a resume.
+            # The server is stopping: keep the bytes for a resume.
             if upload is not None:
                 upload.suspend()
             raise

@@ -5,21 +5,24 @@ reapi.errors to status codes.
 """
 
 import base64
+import contextlib
 import hashlib
+import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from reapi import digests, messages
+from reapi import digests, faults, messages, uploads
 from reapi.blobstore import BlobStore
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError, ResourceExhausted
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.presence import Presence
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
 DEFAULT_TREE_PAGE = 1000
@@ -49,8 +52,7 @@ class Cas:
         self.quota = quota or Unlimited()
         self.presence = Presence(store)
         self.max_batch_bytes = max_batch_bytes
-        self.partial_dir = store.spool_dir() / "partial"
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = store.spool_dir()
 
     # --- presence -------------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class Cas:
         now = time.time()
         results: list[ReapiError | None] = []
         to_write: dict[str, bytes] = {}
+        writing: list[int] = []  # the items to_write stores
         for digest, data in items:
             if isinstance(digest, ReapiError):
                 results.append(digest)
@@ -142,8 +145,19 @@ class Cas:
                     results[-1] = exc
                     continue
                 to_write[key] = data
+                writing.append(len(results) - 1)
         if to_write:
-            self.store.put_many(list(to_write.items()))
+            try:
+                self.store.put_many(list(to_write.items()))
+            except Exception as exc:
+                # Storage failed (full, read-only, unreachable): every blob of this write is
+                # refused with the one error, logged once; the batch's other answers stand.
+                failed = faults.as_error(
+                    exc, f"BatchUpdateBlobs of {len(to_write)} blobs for {tenant} into {self.store!r}"
+                )
+                for i in writing:
+                    results[i] = failed
+                return results
             self.presence.confirm_many(((key, len(data)) for key, data in to_write.items()), now)
         return results
 
@@ -233,22 +247,29 @@ class Cas:
             self.presence.confirm(key, digest.size, None, now)
         return _chunks(f, offset, digest.size - offset if limit == 0 else min(limit, digest.size - offset))
 
-    def _partial_path(self, tenant: str, upload_id: str, digest: Digest) -> Path:
+    def upload_path(self, tenant: str, upload_id: str, digest: Digest) -> Path:
+        """Where the partial of one ByteStream upload waits (reapi.uploads)."""
         name = hashlib.sha256(f"{tenant}\0{upload_id}\0{digest}".encode()).hexdigest()
-        return self.partial_dir / f"{name}.part"
+        return uploads.partial_path(self.spool, tenant, name)
 
     def write_state(self, tenant: str, upload_id: str, digest: Digest) -> WriteState:
         if self.contains(tenant, digest):
             return WriteState(digest.size, True)
         try:
-            size = os.path.getsize(self._partial_path(tenant, upload_id, digest))
+            size = os.path.getsize(self.upload_path(tenant, upload_id, digest))
         except FileNotFoundError:
             size = 0
         return WriteState(size, False)
 
     def open_upload(self, tenant: str, upload_id: str, digest: Digest, offset: int) -> "Upload":
-        self.quota.admit(tenant, digest.size)
-        return Upload(self, tenant, digest, self._partial_path(tenant, upload_id, digest), offset)
+        # A resume asks only for the bytes still to come: those already in the partial were
+        # admitted when they were sent, and the eviction job counts them since (reapi.uploads).
+        self.quota.admit(tenant, max(digest.size - offset, 0))
+        return Upload(self, tenant, digest, self.upload_path(tenant, upload_id, digest), offset)
+
+    def parked_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's partial uploads: stored, not yet blobs, not evictable."""
+        return uploads.parked_bytes(self.spool, tenant)
 
     def commit_file(self, tenant: str, digest: Digest, path: Path) -> None:
         key = digests.cas_key(tenant, digest)
@@ -352,22 +373,23 @@ class Upload:
         self.digest = digest
         self.path = path
         self.hasher = hashlib.sha256()
-        existing = path.stat().st_size if path.exists() else 0
-        if offset not in (0, existing):
-            raise InvalidArgument(
-                f"write_offset {offset} does not match the {existing} bytes committed so far"
-            )
+        # Held open (and locked against expiry) across the stream's messages; closed by
+        # finish, suspend or discard.
         if offset:
-            with open(path, "rb") as f:
-                while block := f.read(READ_CHUNK):
-                    self.hasher.update(block)
-            # Held open across the stream's messages; closed by finish/suspend/discard.
-            self.file = open(path, "ab")  # noqa: SIM115
+            found = uploads.resume(path)
+            existing = 0 if found is None else os.fstat(found.fileno()).st_size
+            if found is None or offset != existing:
+                if found is not None:
+                    found.close()
+                raise InvalidArgument(
+                    f"write_offset {offset} does not match the {existing} bytes committed so far"
+                )
+            self.file = found
+            while block := self.file.read(READ_CHUNK):
+                self.hasher.update(block)
         else:
             # A fresh start replaces any earlier partial of the same upload.
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.new")
-            self.file = open(tmp, "wb")  # noqa: SIM115
-            os.replace(tmp, path)
+            self.file = uploads.start(path)
         self.committed = offset
 
     def append(self, offset: int, data: bytes) -> None:
@@ -387,15 +409,25 @@ class Upload:
             self.discard()
             raise InvalidArgument(f"uploaded data is {got}, not {self.digest}")
         os.fsync(self.file.fileno())
-        self.file.close()
+        # Committed while still open, so still locked: expiry cannot take the file between.
         self.cas.commit_file(self.tenant, self.digest, self.path)
+        self.file.close()
         return self.committed
 
     def suspend(self) -> None:
         """Keep what was written so QueryWriteStatus can report it and the client resume."""
-        self.file.flush()
-        self.file.close()
+        try:
+            self.file.flush()
+        finally:
+            self.file.close()
 
     def discard(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+        """Drop what was written. Never raises: it cleans up after another error, which is the
+        one the client must see (a file it cannot remove expires later: reapi.uploads)."""
+        # Closing flushes, which on a full disk fails again; the file is closed all the same.
+        with contextlib.suppress(OSError):
+            self.file.close()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the partial upload %s: %s", self.path, exc)

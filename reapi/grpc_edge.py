@@ -1,7 +1,9 @@
 """Where the REAPI core meets gRPC: status-code mapping, the auth interceptor, RPC wrappers.
 
 Every error the core raises is a reapi.errors.ReapiError; this module alone turns one into a
-gRPC status (whole RPC) or a google.rpc.Status (one item of a batch).
+gRPC status (whole RPC) or a google.rpc.Status (one item of a batch). Any other exception
+(a full disk, an unreachable bucket, a bug) becomes one through reapi.faults, which logs its
+details under a request id and tells the client only the kind of failure and that id.
 """
 
 import contextvars
@@ -13,8 +15,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from reapi import auth, provenance
-from reapi.errors import FailedPrecondition, Internal, PermissionDenied, ReapiError
+from reapi import auth, faults, provenance
+from reapi.errors import FailedPrecondition, PermissionDenied, ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.rpc import status_pb2
 
@@ -124,7 +126,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def unary(method: F) -> F:
-    """Run a unary-response RPC body, mapping ReapiError to its status."""
+    """Run a unary-response RPC body, mapping ReapiError to its status and any other exception
+    to the status reapi.faults gives it (its details only in the log)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -132,15 +135,14 @@ def unary(method: F) -> F:
             return method(self, request, context)
         except ReapiError as err:
             abort(context, err)
-        except Exception:
-            log.exception("%s failed", method.__qualname__)
-            abort(context, Internal(f"{method.__name__} failed on the server; the error is logged"))
+        except Exception as exc:
+            abort(context, faults.as_error(exc, method.__name__))
 
     return wrapper  # type: ignore[return-value]
 
 
 def streaming(method: F) -> F:
-    """Run a stream-response RPC body, mapping ReapiError to its status."""
+    """Run a stream-response RPC body, mapping errors as `unary` does."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -148,9 +150,8 @@ def streaming(method: F) -> F:
             yield from method(self, request, context)
         except ReapiError as err:
             abort(context, err)
-        except Exception:
-            log.exception("%s failed", method.__qualname__)
-            abort(context, Internal(f"{method.__name__} failed on the server; the error is logged"))
+        except Exception as exc:
+            abort(context, faults.as_error(exc, method.__name__))
 
     return wrapper  # type: ignore[return-value]
 

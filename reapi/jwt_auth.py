@@ -133,7 +133,8 @@ def verify(token: str) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"bearer credential is not a valid JWT: {exc}") from None
+        log.info("refused a bearer JWT: %s", exc)
+        raise Unauthenticated("bearer credential is not a valid JWT: its header cannot be decoded") from None
     alg = header.get("alg")
     allowed = settings.OIDC_GRPC_ALGORITHMS
     if alg not in allowed:
@@ -162,7 +163,21 @@ def verify(token: str) -> dict[str, Any]:
     except jwt.MissingRequiredClaimError as exc:
         raise Unauthenticated(f"the OIDC token lacks the {exc.claim!r} claim") from None
     except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"the OIDC token was refused: {exc}") from None
+        # The library's own words stay in the log: the client learns which check failed.
+        log.info("refused an OIDC token: %s: %s", type(exc).__name__, exc)
+        raise Unauthenticated(f"the OIDC token was refused: {_refusal(exc)}") from None
+
+
+def _refusal(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "its signature does not verify"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "it is not valid yet (nbf or iat is in the future)"
+    if isinstance(exc, jwt.InvalidIssuedAtError):
+        return "its iat claim is not a time"
+    if isinstance(exc, jwt.DecodeError):
+        return "it cannot be decoded"
+    return "one of its claims does not check out"
 
 
 def _claim_matches(actual: Any, wanted: str) -> bool:

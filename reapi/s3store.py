@@ -343,6 +343,22 @@ class S3BlobStore:
             for error in reply.get("Errors", []):
                 log.warning("%r: could not delete %s: %s", self, error.get("Key"), error.get("Message"))
 
+    def abort_multipart_uploads(self, started_before: float) -> int:
+        """Abort this store's unfinished multipart uploads begun before `started_before`
+        (epoch seconds); returns how many. s3transfer aborts the ones it sees fail, but a
+        process killed in the middle of one leaves it, and its parts, in the bucket."""
+        aborted = 0
+        prefix = f"{self.location}/" if self.location else ""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < started_before:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
     def reconcile(self) -> tuple[int, int]:
         """Make the index match the bucket: (rows added, rows dropped).
 

@@ -153,7 +153,23 @@ BAD_TOKENS = {
     "no aud": (lambda p, v: p.sign(unique(repository=v, aud=None)), "'aud'"),
     "untrusted subject": (lambda p, v: p.sign(unique(repository="someone/else")), "no tenant trusts"),
     "garbage": (lambda p, v: "eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2ln", "signature|decod|invalid|refused|JWKS"),
+    # The server's own words, not the JWT library's.
+    "tampered claims": (
+        lambda p, v: tampered(p, v),
+        "^the OIDC token was refused: its signature does not verify$",
+    ),
+    "not valid yet": (
+        lambda p, v: p.sign(unique(repository=v, nbf=int(time.time()) + 600)),
+        r"^the OIDC token was refused: it is not valid yet \(nbf or iat is in the future\)$",
+    ),
 }
+
+
+def tampered(provider: OidcProvider, value: str) -> str:
+    """A token the provider signed, with its claims swapped for others after signing."""
+    header, _claims, signature = provider.sign(unique(repository="someone/else")).split(".")
+    claims = {"iss": provider.issuer, "aud": GRPC_AUDIENCE, "exp": 2**31, **unique(repository=value)}
+    return f"{header}.{b64(json.dumps(claims).encode())}.{signature}"
 
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))

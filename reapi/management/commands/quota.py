@@ -26,7 +26,10 @@ class Command(BaseCommand):
         remove.add_argument("slug")
         remove.add_argument("--cluster", choices=settings.CLUSTERS, required=True)
         sub.add_parser("list", help="quotas and their last measurement")
-        sub.add_parser("evict", help="run one eviction pass now (the periodic job does this)")
+        sub.add_parser(
+            "evict",
+            help="expire abandoned uploads and run one eviction pass now (the periodic job does this)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -58,6 +61,11 @@ class Command(BaseCommand):
             )
 
     def do_evict(self, options: dict[str, Any]) -> None:
+        for e in eviction.expire_uploads():
+            self.stdout.write(
+                f"{e.storage}: expired {e.files} abandoned upload files ({e.freed_bytes} bytes)"
+                + (f", aborted {e.multipart_uploads} multipart uploads" if e.multipart_uploads else "")
+            )
         for o in eviction.evict_all():
             flag = "  OVER HARD LIMIT: writes refused" if o.over_hard_limit else ""
             self.stdout.write(
