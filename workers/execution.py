@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from reapi import clusters, provenance
+from reapi import clusters, faults, provenance
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, Internal, InvalidArgument, ReapiError, Unauthenticated
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -88,10 +88,10 @@ def execute(op: Operation, me: Identity, cancelled: threading.Event) -> re_pb2.E
         return _execute_in(op, me, base, meta, cancelled)
     except ReapiError as err:
         return re_pb2.ExecuteResponse(status=operations.status_for(err), message=err.message)
-    except Exception:
-        # The details stay in the worker's log: a client learns no path or exception text.
-        log.exception("operation %s failed on the worker", op.name)
-        failure = Internal(f"the worker failed to run the action (operation {op.name}; see its log)")
+    except Exception as exc:
+        # The details stay in the worker's log under a request id: a client learns no path or
+        # exception text, and a storage fault gets its code (UNAVAILABLE, RESOURCE_EXHAUSTED).
+        failure = faults.as_error(exc, f"operation {op.name} on worker {me.name}")
         return re_pb2.ExecuteResponse(status=operations.status_for(failure), message=failure.message)
     finally:
         force_rmtree(str(base))
