@@ -88,6 +88,7 @@ done
 echo "worker_env_seen=$seen"
 if test -e "$data_dir"; then echo "data_dir=visible"; else echo "data_dir=absent"; fi
 if test -e "$database"; then echo "database=visible"; else echo "database=absent"; fi
+if ls /run/postgresql /var/run/postgresql /run/redis >/dev/null 2>&1; then echo "sockets=visible"; else echo "sockets=absent"; fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "tcp=open"; else echo "tcp=refused"; fi
 written=""
 for p in "/usr/probe-$marker" "/etc/probe-$marker" "/probe-$marker" "/var/tmp/probe-$marker" "$data_dir/probe-$marker"; do
@@ -148,6 +149,7 @@ def test_a_remote_action_reaches_nothing_but_its_own_inputs(
         assert seen["uid"] != "0" and seen["gid"] != "0", seen
         assert seen["worker_env_seen"] == "0", seen
         assert seen["data_dir"] == "absent" and seen["database"] == "absent", seen
+        assert seen["sockets"] == "absent", seen  # the database's and broker's unix sockets
         assert seen["written_outside"] == "none", seen
         assert seen["tmp"] == "writable", seen
         assert seen["shadow"] == "0", seen
