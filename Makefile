@@ -8,10 +8,11 @@ export DATA_DIR ?= $(CURDIR)/var
 
 .PHONY: venv run test test-deps test-sqlite test-postgres test-s3 check bench bench-storage proto clean
 
-$(VENV)/.installed: requirements.txt
+# Development installs the tools too (requirements-dev.txt); a server needs only requirements.txt.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed

@@ -47,6 +47,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files straight from the portal's own process, hashed and compressed (no web
+    # server needed in front of it for them).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -107,7 +110,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# `manage.py collectstatic` fills it (make run and runall do): names carry a hash of their
+# content, so browsers may cache them for ever, with gzip copies beside them.
 STATIC_ROOT = DATA_DIR / "static"
+
+# The production server runall and deploy/ start the portal under (gunicorn).
+PORTAL_WORKERS = envint("PORTAL_WORKERS", 2)
+PORTAL_TIMEOUT = envint("PORTAL_TIMEOUT", 30)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
@@ -124,7 +133,7 @@ STORAGES = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(DATA_DIR / "media")},
     },
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 for _cluster, _url in REAPI_STORAGE_URLS.items():
     STORAGES[f"reapi-{_cluster}"] = storage_from_url(f"REAPI_STORAGE_{_cluster.upper()}", _url, BASE_DIR)

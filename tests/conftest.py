@@ -39,6 +39,8 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 
 call_command("migrate", verbosity=0)
+# Pages name their static files by content hash (WhiteNoise's manifest): collected once here.
+call_command("collectstatic", interactive=False, verbosity=0)
 
 from tests.servers import ReapiServer  # noqa: E402
 from tests.tenants import Persona, make_tenant  # noqa: E402

@@ -2,12 +2,13 @@
 
 import os
 import signal
-import subprocess
 import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from portal.supervise import start_child
 
 
 class Command(BaseCommand):
@@ -55,7 +56,7 @@ class Command(BaseCommand):
             "--threads",
             str(options["threads"]),
         ]
-        children = [subprocess.Popen(argv) for _ in range(options["processes"])]
+        children = [start_child(argv) for _ in range(options["processes"])]
 
         def forward(signum: int, _frame: object) -> None:
             for child in children:

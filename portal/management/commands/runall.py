@@ -1,7 +1,9 @@
 """`manage.py runall`: the whole service on one machine, as `make run` starts it.
 
-Starts the portal on :8000, the external REAPI cluster on :8980 and the internal one on :8981
-(the embedded defaults of DESIGN.md), each as a child process, and stops them all together.
+Starts the portal on :8000 (gunicorn, the production server), the external REAPI cluster on
+:8980 and the internal one on :8981, a worker per cluster and the maintenance beat, each as a
+child process, and stops them all together; they die with it even when it is killed outright
+(portal/supervise.py).
 """
 
 import os
@@ -15,7 +17,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
+
+from portal.supervise import start_child
 
 
 def _hostport(url: str) -> str:
@@ -40,6 +45,24 @@ def wait_for_ports(
     return not pending
 
 
+def wait_for_workers(pids: list[int], children: dict[str, subprocess.Popen[bytes]], timeout: float) -> bool:
+    """True once every worker process registered itself (after proving its sandbox)."""
+    from workers.models import Worker
+
+    host = socket.gethostname()
+    names = {f".{pid}@{host}" for pid in pids}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children.values()):
+            return False
+        registered = Worker.objects.filter(stopped_at__isnull=True).values_list("name", flat=True)
+        if all(any(name.endswith(suffix) for name in registered) for suffix in names):
+            time.sleep(0.5)  # Celery prints its own lines once it consumes
+            return True
+        time.sleep(0.2)
+    return False
+
+
 class Command(BaseCommand):
     help = "Run the portal, both REAPI clusters and the workers in the foreground."
 
@@ -50,9 +73,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
         commands = {
-            # DEBUG is off (README, DJANGO_DEBUG): --insecure has runserver serve the static
-            # files itself all the same, since nothing stands in front of it here.
-            "portal": [*manage, "runserver", options["portal"], "--noreload", "--insecure"],
+            "portal": [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "portal.wsgi:application",
+                f"--chdir={settings.BASE_DIR}",
+                f"--bind={options['portal']}",
+                f"--workers={settings.PORTAL_WORKERS}",
+                f"--timeout={settings.PORTAL_TIMEOUT}",
+                "--access-logfile=-",
+            ],
             "reapi-external": [
                 *manage,
                 "reapi",
@@ -75,15 +106,16 @@ class Command(BaseCommand):
         commands.update(self.worker_commands(manage) if not options["no_workers"] else {})
         if not options["no_workers"]:
             commands["maintenance"] = [*manage, "maintenance"]  # periodic jobs: eviction
-        children = {name: subprocess.Popen(argv) for name, argv in commands.items()}
+        call_command("collectstatic", interactive=False, verbosity=0)
+        children = {name: start_child(argv) for name, argv in commands.items()}
         endpoints = [
             options["portal"],
             _hostport(settings.REAPI_URLS["external"]),
             _hostport(settings.REAPI_URLS["internal"]),
         ]
-        if wait_for_ports(endpoints, children, timeout=60):
-            # Let the workers print their banners first, so the welcome is the last thing shown.
-            time.sleep(3)
+        workers = [child.pid for name, child in children.items() if name.startswith("worker-")]
+        if wait_for_ports(endpoints, children, timeout=60) and wait_for_workers(workers, children, 60):
+            # The workers printed their banners first, so the welcome is the last thing shown.
             self.print_welcome(options["portal"])
 
         def stop(signum: int, _frame: object) -> None:
