@@ -21,13 +21,15 @@ run: venv
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py runall
 
-# Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap (the workers' sandbox) and
-# Chromium. Services this kind of machine runs are started when they are down.
+# Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap (the workers' sandbox),
+# Chromium and systemd (systemd-analyze checks deploy/). Services this kind of machine runs are
+# started when they are down.
 test-deps: venv
 	@if ! command -v bazel >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v bwrap >/dev/null || ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then \
+	    || ! command -v bwrap >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni; fi
+	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni systemd; fi
 	@bash tests/start-services.sh
 
 test: test-deps test-sqlite test-postgres test-s3
