@@ -54,7 +54,7 @@ check: venv
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# Issue 4's figures: the same workloads on S3 (SeaweedFS) and in pass-through beside direct.
+# The storage figures: the same workloads on S3 (SeaweedFS) and in pass-through beside direct.
 bench-storage: venv
 	$(PY) bench/storage.py $(BENCH_ARGS)
 

@@ -2,7 +2,7 @@
 action results in dicts, with no auth and no storage.
 
 What it reaches on a given run is about what Python's gRPC and this machine allow at that
-moment (issue 2 quotes such a server's figures beside the targets): the bench prints it
+moment (its figures stand beside the targets): the bench prints it
 beside ours so a slow run on a busy machine reads as such.
 
     python bench/bare.py 127.0.0.1:PORT

@@ -1,4 +1,4 @@
-"""Speed bench (issue 2): our REAPI server with auth on, beside BuildGrid, on this machine.
+"""Speed bench: our REAPI server with auth on, beside BuildGrid, on this machine.
 
     .venv/bin/python bench/run.py [--only ours,buildgrid,bare] [--processes 1,2] [--quick]
 
@@ -27,7 +27,7 @@ import servers  # noqa: E402
 import text_table  # noqa: E402
 import workloads  # noqa: E402
 
-# Issue 2's targets for this 2-core machine: (unit, bound, higher is better).
+# The targets for this 2-core machine: (unit, bound, higher is better).
 TARGETS: dict[str, tuple[float, bool]] = {
     "ByteStream Write 64 MiB": (250, True),
     "ByteStream Read 64 MiB": (400, True),

@@ -1,4 +1,4 @@
-"""Storage bench (issue 4): the issue-2 workloads on S3 and in pass-through, beside direct access.
+"""Storage bench: the workloads of bench/run.py on S3 and in pass-through, beside direct access.
 
     .venv/bin/python bench/storage.py [--quick] [--only file,s3] [--keep]
 
@@ -14,7 +14,7 @@ each, auth on:
 and prints pass-through's overhead against direct on the same storage. It also measures
 FindMissingBlobs of 10,000 digests, half present, on a warmed-up server process that has seen
 none of them (another process stored them), so every digest goes to the store (on S3: one index
-query), beside the workloads' figure where this process stored the present half; issue 4's
+query), beside the workloads' figure where this process stored the present half; the storage
 target is <= 60 ms on S3. `--postgres` puts the database (and so the index) on PostgreSQL.
 Results go to bench/results/storage-<time>.json as well.
 """

@@ -1,6 +1,6 @@
 """Personal access tokens: the `aw_pat_` format, its checksum, and the stored digest.
 
-Format (DESIGN.md, contract): `aw_pat_` + 30 base62 characters from `secrets` + 6 base62
+Format (a contract, docs/architecture.md): `aw_pat_` + 30 base62 characters from `secrets` + 6 base62
 characters of CRC32 over those 30. The checksum lets a typo or a random string be refused
 before any database lookup, and the fixed prefix lets secret scanners match
 `aw_pat_[0-9A-Za-z]{36}`. Only a SHA-256 digest is stored: the random part carries ~178 bits,

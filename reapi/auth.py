@@ -1,6 +1,6 @@
 """Who is calling: credentials from gRPC metadata checked against the portal's database.
 
-DESIGN.md request path: `x-aspect: aw_pat_…` or `authorization: Bearer <PAT>`. A PAT is checked
+The request path (docs/architecture.md): `x-aspect: aw_pat_…` or `authorization: Bearer <PAT>`. A PAT is checked
 for format and checksum before any lookup (a typo or random string costs no query), then found
 by its SHA-256. Validated credentials are cached for REAPI_CREDENTIAL_TTL_SECONDS, which bounds
 how late a revocation, an expiry or a cache-mode change reaches a running server.

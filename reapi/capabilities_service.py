@@ -23,7 +23,7 @@ class CapabilitiesService(re_grpc.CapabilitiesServicer):
         who = principal()
         who.check_instance(request.instance_name)
         # A read-only credential is told it may not update the action cache, so Bazel does not
-        # try and fail (DESIGN.md: a read-only token cannot poison the cache).
+        # try and fail (a read-only token cannot poison the cache: docs/architecture.md, "Contracts").
         can_update = "ac:write" in who.scopes
         caps = re_pb2.ServerCapabilities(
             cache_capabilities=re_pb2.CacheCapabilities(

@@ -1,7 +1,7 @@
 """Which store serves a call: one CAS and action cache per storage alias, chosen by cluster
 and the tenant's cache mode.
 
-DESIGN.md cache modes: in `independent` each cluster keeps to its own storage; in
+Cache modes (docs/architecture.md, README): in `independent` each cluster keeps to its own storage; in
 `pass-through` the external cluster uses the internal cluster's storage, so CI's entries are
 hits for workstations at once and the other way round. The mode comes with the credential,
 re-read from the database every REAPI_CREDENTIAL_TTL_SECONDS, so a switch reaches running

@@ -1,6 +1,6 @@
 """OIDC JWTs from CI runners on the gRPC endpoint: `authorization: Bearer <JWT>`.
 
-DESIGN.md request path, step 1. The token must come from OIDC_GRPC_ISSUER for OIDC_GRPC_AUDIENCE:
+The request path (docs/architecture.md), step 2. The token must come from OIDC_GRPC_ISSUER for OIDC_GRPC_AUDIENCE:
 - the algorithm is taken from a fixed list of public-key algorithms (OIDC_GRPC_ALGORITHMS), never
   from the token alone: `alg: none` and HS256 "signed" with the published public key are refused
   before any key is looked at (RFC 8725 3.1, 3.2);

@@ -1,4 +1,4 @@
-"""Unit tests for the PAT format (DESIGN.md contract)."""
+"""Unit tests for the PAT format (a contract: docs/architecture.md)."""
 
 import re
 import zlib

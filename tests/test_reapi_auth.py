@@ -1,4 +1,4 @@
-"""Credentials on the gRPC endpoint, over a real socket (DESIGN.md request path)."""
+"""Credentials on the gRPC endpoint, over a real socket (docs/architecture.md, the request path)."""
 
 import time
 from datetime import timedelta

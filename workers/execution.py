@@ -1,6 +1,6 @@
 """What a worker does with one operation: claim it, run its action, complete it once.
 
-The order REAPI and DESIGN.md need: outputs, stdout and stderr into the CAS, then the action
+The order REAPI and our invariants need (docs/architecture.md): outputs, stdout and stderr into the CAS, then the action
 cache entry (unless `do_not_cache` or a non-zero exit: REAPI says a failed action MUST NOT be
 cached), then the operation marked done. Running an action again is harmless (same inputs,
 fresh directory, content-addressed outputs), which is what makes `acks_late` redelivery safe.

@@ -1,5 +1,5 @@
 """Execute, before any worker: check the action, route it to a pool, answer from the action
-cache, or record an operation and send its task to the pool's queue (DESIGN.md execution path).
+cache, or record an operation and send its task to the pool's queue (docs/architecture.md, the execution path).
 """
 
 import dataclasses

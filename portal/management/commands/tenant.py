@@ -1,4 +1,4 @@
-"""`manage.py tenant create|mode|add-member` (DESIGN.md command-line contract)."""
+"""`manage.py tenant create|mode|add-member` (a command-line contract: README)."""
 
 from typing import Any
 

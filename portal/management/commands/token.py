@@ -1,4 +1,4 @@
-"""`manage.py token issue|revoke|list` (DESIGN.md command-line contract)."""
+"""`manage.py token issue|revoke|list` (a command-line contract: README)."""
 
 from typing import Any
 
