@@ -23,6 +23,7 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc 
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.gen.google.rpc import status_pb2
+from tests.polling import wait_for  # noqa: F401  (the execution tests import it from here)
 from tests.reapi_client import Client, digest
 from tests.servers import ROOT, stop_process
 
@@ -269,16 +270,6 @@ def missing_details(err: grpc.RpcError) -> list[str]:
         if detail.Unpack(failure):
             subjects += [v.subject for v in failure.violations if v.type == "MISSING"]
     return subjects
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def in_thread(fn, *args):  # type: ignore[no-untyped-def]
