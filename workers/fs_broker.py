@@ -4,16 +4,21 @@ kombu's filesystem channel creates a message file under its final name and only 
 it, so a worker listing the folder in between takes an empty file: it fails to decode it and
 the message is lost. Here a message is written under a name consumers ignore, fsynced, then
 renamed into place, so a consumer sees all of a message or nothing (rename is atomic within
-a filesystem, and taking a message is a rename too, so two workers never both get one).
+a filesystem). Taking a message is a rename too, into the processed folder beside the queue
+under DATA_DIR: on one filesystem only one rename of a file can succeed, so two workers never
+both get a message. (kombu's own `_get` moves it to the system's temp folder, which
+`shutil.move` does by copy and delete when that is another filesystem: two workers could both
+copy one message before either deletes it.)
 """
 
 import os
 import uuid
+from queue import Empty
 from time import monotonic
 from typing import Any
 
 from kombu.transport import filesystem
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps, loads
 
 
 class Channel(filesystem.Channel):
@@ -33,6 +38,25 @@ class Channel(filesystem.Channel):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        wanted = f"{queue}.msg"
+        for filename in sorted(os.listdir(self.data_folder_in)):
+            if filename.partition(".")[2] != wanted:
+                continue
+            taken = os.path.join(self.processed_folder, filename)
+            try:
+                os.rename(os.path.join(self.data_folder_in, filename), taken)
+            except FileNotFoundError:
+                continue  # another worker took it first
+            try:
+                with open(taken, "rb") as f:
+                    payload = f.read()
+            finally:
+                os.unlink(taken)
+            return loads(payload)
+        raise Empty()
 
 
 class Transport(filesystem.Transport):
