@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: venv run test test-deps test-sqlite test-postgres test-s3 check bench bench-storage proto clean
+.PHONY: venv run test test-deps test-unit test-sqlite test-postgres test-s3 check bench bench-storage proto clean
 
 # Development installs the tools too (requirements-dev.txt); a server needs only requirements.txt.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -32,7 +32,11 @@ test-deps: venv
 	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni systemd; fi
 	@bash tests/start-services.sh
 
-test: test-deps test-sqlite test-postgres test-s3
+test: test-deps test-unit test-sqlite test-postgres test-s3
+
+# The pure logic (routing, paths, parsing), in seconds; also part of test-sqlite.
+test-unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test-sqlite: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
