@@ -39,7 +39,6 @@ class Channel(filesystem.Channel):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         wanted = f"{queue}.msg"
         for filename in sorted(os.listdir(self.data_folder_in)):

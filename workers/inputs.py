@@ -17,13 +17,6 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 from workers.paths import check_name
 
 
-def node_digest(d: re_pb2.Digest, what: str) -> Digest:
-    try:
-        return digests.check(d.hash, d.size_bytes)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{what}: {exc.message}") from None
-
-
 def materialise(cas: Cas, tenant: str, root: Digest, dest: Path, owner: tuple[int, int] | None = None) -> int:
     """Write the tree under `root` into `dest` (which must not exist); returns the bytes of its
     files. Directories are owned by `owner` (the sandbox's uid), so the action can write in
@@ -43,7 +36,7 @@ def materialise(cas: Cas, tenant: str, root: Digest, dest: Path, owner: tuple[in
             os.chown(path, *owner)
         for f in directory.files:
             target = path / check_name(f.name, "input file")
-            blob = node_digest(f.digest, f"input file {f.name}")
+            blob = digests.check_field(f.digest, f"input file {f.name[:100]!r}")
             try:
                 _write_blob(cas, tenant, blob, target)
             except NotFound:
@@ -60,7 +53,7 @@ def materialise(cas: Cas, tenant: str, root: Digest, dest: Path, owner: tuple[in
                 raise InvalidArgument(f"input symlink {s.name!r} has an absolute or empty target")
             os.symlink(s.target, path / check_name(s.name, "input symlink"))
         for sub in directory.directories:
-            child = node_digest(sub.digest, f"input directory {sub.name}")
+            child = digests.check_field(sub.digest, f"input directory {sub.name[:100]!r}")
             pending.append((child, path / check_name(sub.name, "input directory")))
     if missing:
         raise FailedPrecondition(
