@@ -10,7 +10,7 @@ from html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 720, 270
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 40, 36
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 52, 36
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,11 @@ def bar_chart(
             last = d_index == len(days) - 1
             minor = " minor" if labelled % 2 and not last else ""
             labelled += 1
+            # The last date ends at its bar, never past the drawing's edge.
+            x, anchor = (x0 + slot * 0.8, "end") if last else (x0 + slot * 0.4, "middle")
             parts.append(
-                f'<text class="axis x{minor}" x="{x0 + slot * 0.4:.1f}" y="{HEIGHT - BOTTOM + 16}" '
-                f'text-anchor="middle">{day:%b %d}</text>'
+                f'<text class="axis x{minor}" x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" '
+                f'text-anchor="{anchor}">{day:%b %d}</text>'
             )
     x = LEFT
     for s in series:

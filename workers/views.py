@@ -56,8 +56,10 @@ def operation_page(request: HttpRequest, acc: TenantAccess, name: str) -> HttpRe
 
 
 def _fleet(operations: QuerySet[Operation]) -> dict[str, object]:
+    pools = fleet.pool_rows(operations)
     return {
-        "pools": fleet.pool_rows(operations),
+        "pools": pools,
+        "online": sum(len(p.workers) for p in pools),
         "in_flight": fleet.in_flight(operations),
         "failures": fleet.recent_failures(operations),
         "completed": fleet.recent_completed(operations),
