@@ -53,3 +53,17 @@ def span(delta: timedelta | None) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
     return f"{int(seconds) // 60} min {int(seconds) % 60} s"
+
+
+@register.filter
+def scope_summary(scopes: list[str]) -> str:
+    """Scopes in a few words: "read, write, execute" for the REAPI pairs held whole, the
+    scope's own name for half a pair or anything else."""
+    held, words = set(scopes), []
+    for word, pair in (("read", ("cas:read", "ac:read")), ("write", ("cas:write", "ac:write"))):
+        if set(pair) <= held:
+            words.append(word)
+        else:
+            words += [s for s in pair if s in held]
+    words += [s for s in scopes if s not in {"cas:read", "ac:read", "cas:write", "ac:write"}]
+    return ", ".join(words)
