@@ -850,7 +850,11 @@ def test_ux11_one_slug_rule_one_invitation_and_no_stale_snippet(
             assert AuditEvent.objects.filter(action="member.invite", detail__email=email).count() == 1
 
             # The browser will not submit a timeout out of range, but a link can carry one.
-            page.goto(views.url(f"/t/{world.tenant.slug}/bazelrc/?cluster=external&execution=1&download=all&timeout=0"))
+            page.goto(
+                views.url(
+                    f"/t/{world.tenant.slug}/bazelrc/?cluster=external&execution=1&download=all&timeout=0"
+                )
+            )
             expect(page.locator("#id_timeout_error")).to_contain_text("greater than or equal to 1")
             expect(page.locator("#no-snippet")).to_be_visible()
             expect(page.locator("#bazelrc")).to_have_count(0)

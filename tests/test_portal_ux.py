@@ -191,7 +191,7 @@ def test_an_admin_issues_a_token_for_a_member(acme: Persona) -> None:
     alice = client_for(acme.admin)
     bob_id = get_user_model().objects.get(username=acme.developer).pk
     page = alice.get(f"/t/{acme.slug}/tokens/").content.decode()
-    assert 'name="owner"' in page and acme.developer in page
+    assert 'name="owner"' in page and (acme.developer or "?") in page
     where = create_token(alice, acme.slug, name="for-bob", owner=bob_id)
     shown = alice.get(where).content.decode()
     assert PAT.search(shown) and "hand it to them" in shown
