@@ -51,7 +51,9 @@ def owner_choices(acc: TenantAccess) -> list[tuple[int, str]]:
 @never_cache
 def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
     owners = owner_choices(acc) if acc.is_admin else []
-    form = forms.TokenForm(request.POST or None, tenant=acc.tenant, admin=acc.is_admin, owners=owners)
+    # No choice to offer when the only member is the admin themself.
+    choice = owners if owners and owners != [(acc.user.pk, acc.user.get_username())] else None
+    form = forms.TokenForm(request.POST or None, tenant=acc.tenant, admin=acc.is_admin, owners=choice)
     can_issue = acc.member or bool(owners)
     if request.method == "POST" and can_issue and form.is_valid():
         data = form.cleaned_data
