@@ -113,6 +113,8 @@ def describe(event: AuditEvent) -> str:
         return text
     if action == "account.create":
         return f"local account {d.get('username', '?')} <{d.get('email', '')}> made; it sets its own password"
+    if action == "account.password":
+        return "set their password with the link an admin gave them"
     if action == "account.link":
         return f"new set-password link for {d.get('username', '?')}"
     if action == "ci.trust":
