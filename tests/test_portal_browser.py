@@ -871,6 +871,13 @@ def test_ux_every_other_page_at_both_widths(world: World, browser: Browser, arti
         page = anonymous.new_page()
         page.goto(f"{world.portal.url}/login/")
         snap(page, artifacts, "0-login", width, world.csp)
+        # A form left open until its CSRF cookie is gone: refused on a page that says why.
+        anonymous.clear_cookies()
+        page.get_by_label("Username").fill(world.dev.username)
+        page.get_by_label("Password").fill(world.dev.password)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#failure")).to_contain_text("CSRF check failed")
+        snap(page, artifacts, "0-request-refused", width, world.csp)
         anonymous.close()
     with Views(browser, world, world.lead) as views:
         for width, page in views.each():
