@@ -46,14 +46,12 @@ def test_counters_reach_the_database_within_seconds_and_the_page_draws_them(acme
 
 def test_usage_is_split_by_cluster_member_and_token(acme: Persona) -> None:
     alice_pat, bob_pat = acme.pat(), acme.pat(user=acme.developer)
-    with ReapiServer("external", env={"REAPI_USAGE_FLUSH_SECONDS": "1"}) as server:
+    # The server adds its counts to the database as it stops: nothing to wait for.
+    with ReapiServer("external", env={"REAPI_USAGE_FLUSH_SECONDS": "3600"}) as server:
         traffic(server, alice_pat)
         traffic(server, bob_pat)
         traffic(server, bob_pat)
-        deadline = time.monotonic() + 5
-        while usage_of(acme.tenant)["hits"] != 3:
-            assert time.monotonic() < deadline, usage_of(acme.tenant)
-            time.sleep(0.2)
+    assert usage_of(acme.tenant)["hits"] == 3
     alices = AccessToken.objects.get(prefix=alice_pat[:13])
     bobs = AccessToken.objects.get(prefix=bob_pat[:13])
     rows = UsageDay.objects.filter(tenant=acme.tenant)

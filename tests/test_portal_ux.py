@@ -6,11 +6,13 @@ accounts, destructive acts are asked first, and names and slugs follow one rule.
 Personas: alice admin and bob developer of acme, charlie admin of globex (an outsider to acme).
 """
 
+import json
 import re
 import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
 from django.test import Client, RequestFactory
 
 from portal import forms, invitations, tenancy, tokens
@@ -80,18 +82,38 @@ def test_a_reload_after_creating_a_token_mints_nothing(acme: Persona) -> None:
     bob = client_for(acme.developer or "")
     where = create_token(bob, acme.slug, name="laptop")
     assert not PAT.search(where), "the token is never in a URL"
+    # Waiting for the next page in the session's database row, it is sealed, never plain.
+    stored = Session.objects.get(pk=bob.session.session_key)
+    assert "portal_reveal" in stored.get_decoded()
+    assert not PAT.search(stored.session_data) and not PAT.search(json.dumps(stored.get_decoded()))
     first = bob.get(where)
     assert first.status_code == 200
     assert "no-store" in first["Cache-Control"]
     pat = PAT.search(first.content.decode())
     assert pat
     assert pat.group(0) not in str(first.cookies) and pat.group(0) not in str(bob.session.items())
+    assert not Session.objects.get(pk=bob.session.session_key).get_decoded().get("portal_reveal")
 
     again = bob.get(where)  # the reload
     assert again.status_code == 200
     assert not PAT.search(again.content.decode())
     assert "was shown once" in again.content.decode()
     assert AccessToken.objects.filter(tenant=acme.tenant, user__username=acme.developer).count() == 1
+
+
+def test_a_token_left_waiting_too_long_is_not_shown_and_says_so(acme: Persona) -> None:
+    bob = client_for(acme.developer or "")
+    where = create_token(bob, acme.slug, name="forgotten")
+    session = bob.session
+    waiting = session["portal_reveal"]
+    for entry in waiting.values():
+        entry["until"] = 0  # as if the next page came after reveal.KEEP_SECONDS
+    session["portal_reveal"] = waiting
+    session.save()
+    page = bob.get(where)
+    assert page.status_code == 200
+    assert not PAT.search(page.content.decode())
+    assert "can no longer be shown" in page.content.decode()
 
 
 def test_another_session_of_the_same_user_never_sees_the_new_token(acme: Persona) -> None:
