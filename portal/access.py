@@ -20,6 +20,9 @@ class TenantAccess:
     tenant: Tenant
     role: str
     user: User
+    # False for a superuser who sees the tenant without belonging to it: an admin here, but one
+    # who cannot hold its tokens until they join.
+    member: bool = True
 
     @property
     def is_admin(self) -> bool:
@@ -51,7 +54,7 @@ def access(user: User | AnonymousUser, slug: str) -> TenantAccess:
         role = Role.ADMIN if getattr(user, "is_superuser", False) else membership.role
         return TenantAccess(tenant, role, user)
     if getattr(user, "is_superuser", False):
-        return TenantAccess(tenant, Role.ADMIN, user)
+        return TenantAccess(tenant, Role.ADMIN, user, member=False)
     raise Http404("no such tenant")
 
 

@@ -3,6 +3,7 @@ pages. Members see only their own tenants; developers only their own tokens (oth
 admin-only actions are 403 for developers. A PAT (with portal:admin, portal/api_auth.py) opens
 only its own tenant, and the tokens it creates have no scope it lacks and expire no later."""
 
+import dataclasses
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from rest_framework.views import APIView
 
 from portal import bazelrc, invitations, tenancy, tokens
 from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
-from portal.models import TOKEN_SCOPES, AccessToken, CacheMode, Membership, Role
+from portal.models import DEFAULT_SCOPES, TOKEN_SCOPES, WRITE_SCOPES, AccessToken, CacheMode, Membership, Role
 
 
 def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess:
@@ -62,7 +63,11 @@ class TokenCreateSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=TOKEN_SCOPES),
         min_length=1,
         max_length=len(TOKEN_SCOPES),
-        help_text="portal:admin (this API) only by name; a token creating a token grants only its own scopes",
+        default=list(DEFAULT_SCOPES),
+        help_text=(
+            f"default {', '.join(DEFAULT_SCOPES)} (as on the command line and the Tokens page); "
+            "portal:admin (this API) only by name; a token creating a token grants only its own scopes"
+        ),
     )
     expires_in_days = serializers.IntegerField(
         required=False,
@@ -75,7 +80,10 @@ class TokenCreateSerializer(serializers.Serializer):
 
 class TokenCreatedSerializer(TokenSerializer):
     token = serializers.CharField(read_only=True, help_text="the PAT itself: shown once, copy it now")
-    bazelrc = serializers.CharField(read_only=True)
+    bazelrc = serializers.CharField(read_only=True, help_text="remote cache lines")
+    bazelrc_execution = serializers.CharField(
+        read_only=True, allow_null=True, help_text="remote execution lines; null without the execute scope"
+    )
 
 
 class MemberSerializer(serializers.Serializer):
@@ -156,18 +164,23 @@ class TokenList(APIView):
                 expires_in_days=data.get("expires_in_days"),
                 actor=acc.user,
                 issued_by=request.auth if isinstance(request.auth, AccessToken) else None,
+                unique_name=True,
             )
         except tokens.TokenRefused as exc:
             raise PermissionDenied(str(exc)) from None
         except tokens.TokenError as exc:
             raise ValidationError({"detail": str(exc)}) from None
-        read_only = not {"cas:write", "ac:write"} & set(issued.token.scope_list)
+        read_only = not set(WRITE_SCOPES) & set(issued.token.scope_list)
+        options = bazelrc.Options(
+            tenant=acc.tenant.slug, cluster=data["cluster"], token=issued.secret, read_only=read_only
+        )
         reply = dict(TokenSerializer(issued.token).data)
         reply["token"] = issued.secret
-        reply["bazelrc"] = bazelrc.render(
-            bazelrc.Options(
-                tenant=acc.tenant.slug, cluster=data["cluster"], token=issued.secret, read_only=read_only
-            )
+        reply["bazelrc"] = bazelrc.render(options)
+        reply["bazelrc_execution"] = (
+            bazelrc.render(dataclasses.replace(options, execution=True))
+            if "execute" in issued.token.scope_list
+            else None
         )
         response = Response(reply, status=status.HTTP_201_CREATED)
         patch_cache_control(response, no_store=True)

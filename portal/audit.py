@@ -15,9 +15,11 @@ def record(
     token_prefix: str = "",
     **detail: Any,
 ) -> AuditEvent:
+    who = actor if actor is not None and actor.is_authenticated else None
     return AuditEvent.objects.create(
         tenant=tenant,
-        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor=who,
+        actor_name=who.get_username() if who is not None else "",
         action=action,
         token_prefix=token_prefix,
         detail=detail,

@@ -9,8 +9,8 @@ from html import escape
 
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 28, 36
+WIDTH, HEIGHT = 720, 270
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 52, 36
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,9 @@ def bar_chart(
         y = TOP + plot_h - plot_h * i / GRID_STEPS
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label(value))}</text>'
+            f'<text class="axis y" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label(value))}</text>'
         )
+    labelled = 0
     for d_index, day in enumerate(days):
         x0 = LEFT + slot * d_index + slot * 0.1
         for s_index, s in enumerate(series):
@@ -95,17 +96,25 @@ def bar_chart(
                 f'height="{h:.1f}"><title>{day:%b %d} {escape(s.label)}: {escape(fmt(value))}</title></rect>'
             )
         if d_index % max(len(days) // 6, 1) == 0 or d_index == len(days) - 1:
+            # Every other label is "minor": a phone's stylesheet draws the labels larger and
+            # leaves those out, so they never overlap.
+            last = d_index == len(days) - 1
+            minor = " minor" if labelled % 2 and not last else ""
+            labelled += 1
+            # The last date ends at its bar, never past the drawing's edge.
+            x, anchor = (x0 + slot * 0.8, "end") if last else (x0 + slot * 0.4, "middle")
             parts.append(
-                f'<text class="axis" x="{x0 + slot * 0.4:.1f}" y="{HEIGHT - BOTTOM + 16}" '
-                f'text-anchor="middle">{day:%b %d}</text>'
+                f'<text class="axis x{minor}" x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" '
+                f'text-anchor="{anchor}">{day:%b %d}</text>'
             )
     x = LEFT
     for s in series:
         parts.append(
-            f'<rect class="{s.css}" x="{x}" y="6" width="12" height="12"/>'
-            f'<text class="legend" x="{x + 16}" y="16">{escape(s.label)}</text>'
+            f'<rect class="{s.css}" x="{x}" y="10" width="14" height="14"/>'
+            f'<text class="legend" x="{x + 20}" y="22">{escape(s.label)}</text>'
         )
-        x += 24 + 8 * len(s.label)
+        # Room for the label drawn at a phone's larger size too.
+        x += 40 + 16 * len(s.label)
     parts.append("</svg>")
     return mark_safe("".join(parts))  # every interpolated text is escaped above
 

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 
-from portal import bazelrc, login_throttle
-from portal.models import ADMIN_SCOPE, READ_SCOPES, SCOPES, CacheMode, Role, Tenant
+from portal import bazelrc, local_accounts, login_throttle, tenancy
+from portal.models import ADMIN_SCOPE, DEFAULT_SCOPES, SCOPES, CacheMode, Role, Tenant
 
 SCOPE_CHOICES = [(s, s) for s in SCOPES]
 EXPIRY_CHOICES = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
@@ -35,12 +35,20 @@ class AdminLoginForm(AdminAuthenticationForm):
 
 
 class TokenForm(forms.Form):
-    name = forms.CharField(max_length=200, help_text="What the token is for, e.g. 'laptop' or 'CI'.")
+    name = forms.CharField(
+        max_length=200,
+        help_text="What the token is for, e.g. 'laptop' or 'CI'; one active token per name and owner.",
+    )
+    # For admins only (see __init__): whose token it is; developers' tokens are their own.
+    owner = forms.TypedChoiceField(coerce=int, label="Owner", required=False, empty_value=None)
     scopes = forms.MultipleChoiceField(
         choices=SCOPE_CHOICES,
         widget=forms.CheckboxSelectMultiple,
-        initial=[*READ_SCOPES, "cas:write", "ac:write"],
-        help_text="Leave out cas:write and ac:write for a read-only token that cannot poison the cache.",
+        initial=list(DEFAULT_SCOPES),
+        help_text=(
+            "execute lets Bazel run actions on the workers (remote execution). Leave out "
+            "cas:write and ac:write for a read-only token that cannot poison the cache."
+        ),
     )
     expires_in_days = forms.TypedChoiceField(
         label="Expires in", coerce=int, choices=EXPIRY_CHOICES, initial=settings.TOKEN_DEFAULT_EXPIRY_DAYS
@@ -59,13 +67,29 @@ class TokenForm(forms.Form):
         ),
     )
 
-    def __init__(self, *args: Any, tenant: Tenant, admin: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        tenant: Tenant,
+        admin: bool = False,
+        owners: list[tuple[int, str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if tenant.allow_non_expiring_tokens:
             self.fields["expires_in_days"].choices = [*EXPIRY_CHOICES, (0, "Never")]  # type: ignore[attr-defined]
         if not admin:
             # The API opens to tenant admins' tokens only: a developer has no use for the scope.
             del self.fields["portal_admin"]
+        if admin and owners:
+            self.fields["owner"].choices = owners  # type: ignore[attr-defined]
+            self.fields[
+                "owner"
+            ].help_text = (
+                "The member who will hold the token; hand it to them yourself, it is shown only to you."
+            )
+        else:
+            del self.fields["owner"]
 
     def chosen_scopes(self) -> list[str]:
         scopes = list(self.cleaned_data["scopes"])
@@ -77,6 +101,21 @@ class TokenForm(forms.Form):
 class InviteForm(forms.Form):
     email = forms.EmailField(help_text="They join when they sign in with this (verified) address.")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
+
+
+class LocalAccountForm(forms.Form):
+    """A password account for someone new, where no OpenID provider is configured."""
+
+    username = forms.CharField(
+        max_length=local_accounts.USERNAME_MAX,
+        help_text="Letters, digits and @ . + - _; what they type to sign in.",
+    )
+    email = forms.EmailField(help_text="Theirs, for your records and this tenant's invitations.")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", "account")  # its fields apart from the invitation form's
+        super().__init__(*args, **kwargs)
 
 
 class RoleForm(forms.Form):
@@ -95,9 +134,17 @@ class CacheModeForm(forms.Form):
 
 
 class TenantCreateForm(forms.Form):
-    slug = forms.SlugField(
-        max_length=63, help_text="Lowercase letters, digits and hyphens; also the instance name."
+    # The service's own rule and words (portal/tenancy.py), as the command line says them.
+    slug = forms.CharField(
+        help_text=f"{tenancy.SLUG_RULE}; also the REAPI instance name.",
+        widget=forms.TextInput(attrs={"autocapitalize": "none", "spellcheck": "false"}),
     )
+
+    def clean_slug(self) -> str:
+        try:
+            return tenancy.check_slug(self.cleaned_data["slug"])
+        except tenancy.TenancyError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 class BazelrcForm(forms.Form):
@@ -139,7 +186,7 @@ class CiIdentityForm(forms.Form):
     scopes = forms.MultipleChoiceField(
         choices=SCOPE_CHOICES,
         widget=forms.CheckboxSelectMultiple,
-        initial=[*READ_SCOPES, "cas:write", "ac:write"],
+        initial=list(DEFAULT_SCOPES),
     )
 
     def __init__(self, *args: Any, members: list[tuple[int, str]], **kwargs: Any) -> None:

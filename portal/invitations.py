@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal import audit
-from portal.models import AccessToken, CiIdentity, Invitation, Membership, Role, Tenant
+from portal.models import AccessToken, CiIdentity, Invitation, LocalAccount, Membership, Role, Tenant
 
 
 class MembershipError(ValueError):
@@ -19,6 +19,12 @@ class MembershipError(ValueError):
 
 
 def invite(tenant: Tenant, email: str, role: str, actor: User | None = None) -> Invitation:
+    return invite_once(tenant, email, role, actor)[0]
+
+
+def invite_once(tenant: Tenant, email: str, role: str, actor: User | None = None) -> tuple[Invitation, str]:
+    """Invite `email`; the second item says what changed: "invited", "role changed" or
+    "already invited" (the same address with the same role: nothing new, nothing audited)."""
     email = email.strip().lower()
     if role not in Role.values:
         raise MembershipError(f"unknown role {role!r} (choose {', '.join(Role.values)})")
@@ -30,11 +36,17 @@ def invite(tenant: Tenant, email: str, role: str, actor: User | None = None) -> 
         invitation, created = Invitation.objects.get_or_create(
             tenant=tenant, email=email, accepted_at=None, defaults={"role": role, "invited_by": actor}
         )
-        if not created and invitation.role != role:
+        if created:
+            outcome = "invited"
+            audit.record("member.invite", tenant=tenant, actor=actor, email=email, role=role)
+        elif invitation.role != role:
+            outcome, old = "role changed", invitation.role
             invitation.role = role
             invitation.save(update_fields=["role"])
-        audit.record("member.invite", tenant=tenant, actor=actor, email=email, role=role)
-    return invitation
+            audit.record("member.invite", tenant=tenant, actor=actor, email=email, role=role, old=old)
+        else:
+            outcome = "already invited"
+    return invitation, outcome
 
 
 def cancel(invitation: Invitation, actor: User | None = None) -> None:
@@ -44,14 +56,23 @@ def cancel(invitation: Invitation, actor: User | None = None) -> None:
 
 
 def accept_pending(user: User, email: str) -> list[Membership]:
-    """Turn the pending invitations for `email` (already known to be the user's) into memberships."""
+    """Turn the pending invitations for `email` (already known to be the user's) into memberships.
+
+    An account a tenant admin made (LocalAccount) has an email nobody verified: it accepts
+    invitations of that tenant only, or an admin of one tenant could make an account with
+    someone else's address and collect the invitations other tenants send it."""
     joined: list[Membership] = []
     if not email:
         return joined
+    pending = Invitation.objects.select_related("tenant").filter(
+        email__iexact=email, accepted_at__isnull=True
+    )
+    made_by_admin = LocalAccount.objects.filter(user=user).first()
+    if made_by_admin is not None:
+        # Its tenant gone, the account accepts none.
+        pending = pending.filter(tenant_id=made_by_admin.tenant_id or 0)
     with transaction.atomic():
-        for inv in Invitation.objects.select_related("tenant").filter(
-            email__iexact=email, accepted_at__isnull=True
-        ):
+        for inv in pending:
             membership, created = Membership.objects.get_or_create(
                 tenant=inv.tenant, user=user, defaults={"role": inv.role}
             )
@@ -103,18 +124,28 @@ def remove(membership: Membership, actor: User | None = None) -> None:
         revoked = list(
             AccessToken.objects.filter(
                 tenant=membership.tenant, user=membership.user, revoked_at__isnull=True
-            ).values_list("prefix", flat=True)
+            ).values_list("prefix", "name")
         )
         AccessToken.objects.filter(
             tenant=membership.tenant, user=membership.user, revoked_at__isnull=True
         ).update(revoked_at=now)
-        for prefix in revoked:
-            audit.record("token.revoke", tenant=membership.tenant, actor=actor, token_prefix=prefix)
-        CiIdentity.objects.filter(tenant=membership.tenant, user=membership.user).delete()
+        username = membership.user.get_username()
+        for prefix, name in revoked:
+            audit.record(
+                "token.revoke",
+                tenant=membership.tenant,
+                actor=actor,
+                token_prefix=prefix,
+                name=name,
+                reason=f"{username} removed",
+            )
+        rules, _ = CiIdentity.objects.filter(tenant=membership.tenant, user=membership.user).delete()
         audit.record(
             "member.remove",
             tenant=membership.tenant,
             actor=actor,
-            username=membership.user.get_username(),
+            username=username,
+            tokens_revoked=len(revoked),
+            ci_rules_removed=rules,
         )
         membership.delete()

@@ -9,6 +9,10 @@ from django.utils import timezone
 # The REAPI scopes (contract names): what a token may do on the gRPC endpoint, and the default set.
 SCOPES = ("cas:read", "ac:read", "cas:write", "ac:write", "execute")
 READ_SCOPES = ("cas:read", "ac:read")
+WRITE_SCOPES = ("cas:write", "ac:write")
+# What every way of making a token or a CI trust (command line, pages, API) starts from: all
+# the REAPI scopes. One set, so a snippet for remote execution never meets a token without it.
+DEFAULT_SCOPES = SCOPES
 # Opens the portal's REST API as the token's owner (who must be a tenant admin). Never in a
 # default set: it is asked for by name, and it grants nothing on the gRPC endpoint.
 ADMIN_SCOPE = "portal:admin"
@@ -85,6 +89,9 @@ class AuditEvent(models.Model):
         Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
     )
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    # Who acted, as named then: kept when the account is deleted later. Empty with no actor:
+    # the command line, or the servers themselves (a token's first use).
+    actor_name = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=40)
     token_prefix = models.CharField(max_length=16, blank=True)
     detail = models.JSONField(default=dict, blank=True)
@@ -182,11 +189,20 @@ class CiIdentity(models.Model):
 
 
 class UsageDay(models.Model):
-    """Per tenant, cluster and UTC day: what the gRPC servers counted in memory and flushed."""
+    """Per tenant, cluster, UTC day and credential: what the gRPC servers counted in memory and
+    flushed. `user` is the credential's member and `token` its PAT (none for a CI runner's OIDC
+    token); both are empty on rows counted before credentials were, and kept (emptied) when the
+    account or token goes, so a tenant's totals never shrink."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_days")
     cluster = models.CharField(max_length=20)
     day = models.DateField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    token = models.ForeignKey(
+        AccessToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_days"
+    )
     hits = models.BigIntegerField(default=0)
     misses = models.BigIntegerField(default=0)
     bytes_stored = models.BigIntegerField(default=0)
@@ -194,8 +210,33 @@ class UsageDay(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "cluster", "day"], name="one_usage_row_per_day")
+            models.UniqueConstraint(
+                fields=["tenant", "cluster", "day", "user", "token"], name="one_usage_row_per_credential_day"
+            )
         ]
+        indexes = [models.Index(fields=["tenant", "day"], name="usage_tenant_day_idx")]
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.cluster} {self.day}"
+
+
+class LocalAccount(models.Model):
+    """A password account a tenant admin made on the Members page (where no OpenID provider is
+    configured). Its email was typed by that admin, not verified by anyone: it joins no other
+    tenant through an invitation matched on that email (portal/invitations.py accept_pending).
+    A superuser who has checked the address deletes this record in /admin/."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="local_account"
+    )
+    # Emptied, not deleted, with its tenant: the email stays unverified.
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.SET_NULL, null=True, blank=True, related_name="local_accounts"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.user} (made by an admin of {self.tenant})"

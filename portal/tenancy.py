@@ -1,5 +1,7 @@
 """Tenants and memberships: the operations the CLI, the pages and the API share."""
 
+import re
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -27,13 +29,24 @@ def check_mode(mode: str) -> CacheMode:
         raise TenancyError(f"unknown cache mode {mode!r} (choose {choices})") from None
 
 
-def create_tenant(slug: str, mode: str = CacheMode.INDEPENDENT, actor: User | None = None) -> Tenant:
-    from django.utils.text import slugify
+# The one slug rule, for the command line, the dashboard's form and anything else that makes a
+# tenant: a DNS label (it doubles as the REAPI instance name and may end up in host names).
+SLUG_MAX = 63
+SLUG_RULE = "1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit"
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
-    if not slug or slugify(slug) != slug:
-        raise TenancyError(f"{slug!r} is not a valid slug (lowercase letters, digits, hyphens)")
+
+def check_slug(slug: str) -> str:
+    if not _SLUG.fullmatch(slug):
+        shown = slug if len(slug) <= 80 else slug[:80] + "…"
+        raise TenancyError(f"{shown!r} is not a valid slug: {SLUG_RULE}")
     if slug in RESERVED_SLUGS:
         raise TenancyError(f"{slug!r} is reserved by the REAPI resource-name grammar")
+    return slug
+
+
+def create_tenant(slug: str, mode: str = CacheMode.INDEPENDENT, actor: User | None = None) -> Tenant:
+    check_slug(slug)
     with transaction.atomic():
         if Tenant.objects.filter(slug=slug).exists():
             raise TenancyError(f"tenant {slug!r} already exists")

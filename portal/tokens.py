@@ -10,10 +10,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal import audit, pats
-from portal.models import ADMIN_SCOPE, SCOPES, TOKEN_SCOPES, AccessToken, Membership, Role, Tenant
+from portal.models import (
+    ADMIN_SCOPE,
+    DEFAULT_SCOPES,
+    SCOPES,
+    TOKEN_SCOPES,
+    AccessToken,
+    Membership,
+    Role,
+    Tenant,
+)
 
 # The default set of every way to issue a token: the REAPI scopes, never portal:admin.
-ALL_SCOPES = ",".join(SCOPES)
+ALL_SCOPES = ",".join(DEFAULT_SCOPES)
 # The longest expiry one may ask for (0 is "never", where the tenant allows it).
 MAX_EXPIRY_DAYS = 3650
 
@@ -24,6 +33,10 @@ class TokenError(ValueError):
 
 class TokenRefused(TokenError):
     """The request is well formed but the caller may not have this token (the API's 403)."""
+
+
+class NameTaken(TokenError):
+    """The owner has an active token of that name in the tenant already."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +66,12 @@ def issue(
     expires_in_days: int | None = None,
     actor: User | None = None,
     issued_by: AccessToken | None = None,
+    unique_name: bool = False,
 ) -> IssuedToken:
     """`issued_by`: the token that asks for this one (the REST API); the new token may have
     none of the scopes it lacks and may not outlive it. Without `expires_in_days` it gets the
-    default expiry, cut to the issuing token's own."""
+    default expiry, cut to the issuing token's own. `unique_name`: refuse a name the owner's
+    active tokens in the tenant already have (the pages and the API; the command line warns)."""
     scope_list = parse_scopes(scopes, TOKEN_SCOPES)
     default_expiry = expires_in_days is None
     if expires_in_days is None:
@@ -82,6 +97,10 @@ def issue(
         raise TokenError(f"user {username!r} is not a member of tenant {tenant.slug!r}")
     if ADMIN_SCOPE in scope_list and membership.role != Role.ADMIN and not user.is_superuser:
         raise TokenRefused(f"only the tenant's admins may hold {ADMIN_SCOPE} tokens")
+    if unique_name:
+        clash = active_named(tenant, user, name)
+        if clash is not None:
+            raise NameTaken(name_clash(clash))
     secret = pats.generate()
     with transaction.atomic():
         token = AccessToken.objects.create(
@@ -99,10 +118,44 @@ def issue(
             tenant=tenant,
             actor=actor,
             token_prefix=token.prefix,
+            name=name,
             owner=username,
             scopes=scope_list,
+            expires=f"{expires_at:%Y-%m-%d}" if expires_at else "never",
         )
     return IssuedToken(token=token, secret=secret)
+
+
+def active_of(tenant: Tenant, user: User) -> list[AccessToken]:
+    """The user's tokens in the tenant that work now, newest first."""
+    now = timezone.now()
+    return list(
+        AccessToken.objects.filter(tenant=tenant, user=user, revoked_at__isnull=True)
+        .exclude(expires_at__lte=now)
+        .order_by("-created_at")
+    )
+
+
+def active_named(tenant: Tenant, user: User, name: str) -> AccessToken | None:
+    """The owner's active token in the tenant with this name (case and spaces aside), if any."""
+    if not name.strip():
+        return None
+    now = timezone.now()
+    return (
+        AccessToken.objects.filter(
+            tenant=tenant, user=user, name__iexact=name.strip(), revoked_at__isnull=True
+        )
+        .exclude(expires_at__lte=now)
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def name_clash(token: AccessToken) -> str:
+    return (
+        f"{token.user.get_username()} already has an active token named {token.name!r} "
+        f"({token.prefix}…, created {token.created_at:%Y-%m-%d}): choose another name, or revoke that one first"
+    )
 
 
 def check_within(parent: AccessToken, scopes: list[str], expires_at: datetime | None, now: datetime) -> None:
@@ -136,9 +189,19 @@ def find(pat_or_id: str) -> AccessToken:
 
 
 def revoke(token: AccessToken, actor: User | None = None) -> AccessToken:
-    if token.revoked_at is None:
-        with transaction.atomic():
-            token.revoked_at = timezone.now()
-            token.save(update_fields=["revoked_at"])
-            audit.record("token.revoke", tenant=token.tenant, actor=actor, token_prefix=token.prefix)
+    revoke_once(token, actor)
     return token
+
+
+def revoke_once(token: AccessToken, actor: User | None = None) -> bool:
+    """Revoke the token; False when it was revoked already (by anyone, even a moment ago), and
+    then nothing changes and nothing is audited again."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = AccessToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now)
+        if changed:
+            audit.record(
+                "token.revoke", tenant=token.tenant, actor=actor, token_prefix=token.prefix, name=token.name
+            )
+    token.refresh_from_db(fields=["revoked_at"])
+    return bool(changed)

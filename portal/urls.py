@@ -14,3 +14,8 @@ urlpatterns = [
     path("workers/", include("workers.urls")),
     path("", include("portal.web_urls")),
 ]
+
+# Error pages are portal pages: navigation and a sentence on why (portal/error_views.py).
+handler403 = "portal.error_views.forbidden"
+handler404 = "portal.error_views.not_found"
+handler500 = "portal.error_views.server_error"

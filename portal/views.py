@@ -1,5 +1,7 @@
 """The portal's pages. Each view: who may (portal/access.py), what changes (the services in
-portal/tenancy.py, tokens.py, invitations.py, ci_identities.py), and which template shows it."""
+portal/tenancy.py, tokens.py, invitations.py, ci_identities.py), and which template shows it.
+Tokens, members, and the audit and usage pages have modules of their own (token_views.py,
+member_views.py, report_views.py)."""
 
 import functools
 from collections.abc import Callable
@@ -10,16 +12,13 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal import audit, bazelrc, ci_identities, forms, invitations, tenancy, tokens, usage
-from portal.access import TenantAccess, access, signed_in, tenants_of, token_or_404, visible_tokens
-from portal.models import AuditEvent, CiIdentity, Invitation, Membership
+from portal.access import TenantAccess, access, signed_in, tenants_of, visible_tokens
+from portal.models import CiIdentity, Membership
 
 TenantView = Callable[..., HttpResponseBase]
 
@@ -159,139 +158,6 @@ def cache_mode(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
     return page(request, acc, "cache_mode", form=form)
 
 
-# --- Tokens -------------------------------------------------------------------------------------
-
-
-@tenant_view()
-@require_http_methods(["GET", "POST"])
-@never_cache
-def token_list(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    form = forms.TokenForm(request.POST or None, tenant=acc.tenant, admin=acc.is_admin)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        try:
-            issued = tokens.issue(
-                acc.tenant,
-                acc.user.get_username(),
-                name=data["name"],
-                scopes=form.chosen_scopes(),
-                expires_in_days=data["expires_in_days"],
-                actor=acc.user,
-            )
-        except tokens.TokenError as exc:
-            form.add_error(None, str(exc))
-        else:
-            # The PAT exists only in this response: never_cache sends Cache-Control: no-store,
-            # and it goes into no cookie, session or flash message.
-            read_only = not {"cas:write", "ac:write"} & set(issued.token.scope_list)
-            snippet = bazelrc.render(
-                bazelrc.Options(
-                    tenant=acc.tenant.slug,
-                    cluster=data["cluster"],
-                    token=issued.secret,
-                    read_only=read_only,
-                )
-            )
-            return page(request, acc, "token_created", issued=issued, snippet=snippet)
-    return page(
-        request,
-        acc,
-        "tokens",
-        form=form,
-        tokens=visible_tokens(acc),
-        status=400 if request.method == "POST" else 200,
-    )
-
-
-@tenant_view()
-@require_POST
-def token_revoke(request: HttpRequest, acc: TenantAccess, token_id: int) -> HttpResponse:
-    token = token_or_404(acc, token_id)
-    tokens.revoke(token, actor=acc.user)
-    messages.success(request, f"Token {token.prefix}… ({token.name or 'unnamed'}) revoked.")
-    return redirect("tokens", slug=acc.tenant.slug)
-
-
-# --- Members ------------------------------------------------------------------------------------
-
-
-@tenant_view()
-@require_GET
-def members(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    return _members_page(request, acc, forms.InviteForm())
-
-
-def _members_page(
-    request: HttpRequest, acc: TenantAccess, invite_form: forms.InviteForm, status: int = 200
-) -> HttpResponse:
-    rows = Membership.objects.filter(tenant=acc.tenant).select_related("user").order_by("user__username")
-    pending = Invitation.objects.filter(tenant=acc.tenant, accepted_at__isnull=True).order_by("email")
-    return page(
-        request,
-        acc,
-        "members",
-        memberships=rows,
-        pending=pending,
-        invite_form=invite_form,
-        roles=forms.RoleForm.base_fields["role"].choices,  # type: ignore[attr-defined]
-        oidc=settings.OIDC_ENABLED,
-        status=status,
-    )
-
-
-@tenant_view(admin=True)
-@require_POST
-def member_invite(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    form = forms.InviteForm(request.POST)
-    if form.is_valid():
-        try:
-            invitations.invite(acc.tenant, form.cleaned_data["email"], form.cleaned_data["role"], acc.user)
-        except invitations.MembershipError as exc:
-            form.add_error("email", str(exc))
-        else:
-            messages.success(request, f"Invited {form.cleaned_data['email']}.")
-            return redirect("members", slug=acc.tenant.slug)
-    return _members_page(request, acc, form, status=400)
-
-
-@tenant_view(admin=True)
-@require_POST
-def member_role(request: HttpRequest, acc: TenantAccess, membership_id: int) -> HttpResponse:
-    membership = get_object_or_404(Membership, tenant=acc.tenant, pk=membership_id)
-    form = forms.RoleForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Choose admin or developer.")
-    else:
-        try:
-            invitations.change_role(membership, form.cleaned_data["role"], acc.user)
-            messages.success(request, f"{membership.user.get_username()} is now {membership.role}.")
-        except invitations.MembershipError as exc:
-            messages.error(request, str(exc))
-    return redirect("members", slug=acc.tenant.slug)
-
-
-@tenant_view(admin=True)
-@require_POST
-def member_remove(request: HttpRequest, acc: TenantAccess, membership_id: int) -> HttpResponse:
-    membership = get_object_or_404(Membership, tenant=acc.tenant, pk=membership_id)
-    name = membership.user.get_username()
-    try:
-        invitations.remove(membership, acc.user)
-        messages.success(request, f"{name} removed; their tokens in {acc.tenant.slug} are revoked.")
-    except invitations.MembershipError as exc:
-        messages.error(request, str(exc))
-    return redirect("members", slug=acc.tenant.slug)
-
-
-@tenant_view(admin=True)
-@require_POST
-def invitation_cancel(request: HttpRequest, acc: TenantAccess, invitation_id: int) -> HttpResponse:
-    invitation = get_object_or_404(Invitation, tenant=acc.tenant, pk=invitation_id, accepted_at__isnull=True)
-    invitations.cancel(invitation, acc.user)
-    messages.success(request, f"Invitation for {invitation.email} cancelled.")
-    return redirect("members", slug=acc.tenant.slug)
-
-
 # --- CI runners (OIDC on gRPC) ---------------------------------------------------------------
 
 
@@ -343,43 +209,7 @@ def ci_remove(request: HttpRequest, acc: TenantAccess, rule_id: int) -> HttpResp
     return redirect("ci", slug=acc.tenant.slug)
 
 
-# --- Audit, usage, .bazelrc ------------------------------------------------------------------
-
-
-@tenant_view(admin=True)
-@require_GET
-def audit_log(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    # Logins and sign-in lockouts carry no tenant: a tenant's log shows its members'.
-    events = (
-        AuditEvent.objects.filter(
-            Q(tenant=acc.tenant)
-            | Q(
-                tenant__isnull=True,
-                action__in=["login", "login.lockout"],
-                actor__memberships__tenant=acc.tenant,
-            )
-        )
-        .select_related("actor")
-        .order_by("-created_at", "-id")
-    )
-    paginator = Paginator(events, 50)
-    page_obj = paginator.get_page(request.GET.get("page"))
-    return page(request, acc, "audit", page_obj=page_obj)
-
-
-@tenant_view()
-@require_GET
-def usage_page(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    days = usage.daily(acc.tenant, days=30)
-    return page(
-        request,
-        acc,
-        "usage",
-        days=days,
-        hit_chart=usage.hits_chart(days),
-        bytes_chart=usage.bytes_chart(days),
-        totals=usage.totals(acc.tenant, days=30),
-    )
+# --- .bazelrc ---------------------------------------------------------------------------------
 
 
 @tenant_view()
@@ -389,12 +219,16 @@ def bazelrc_builder(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
     options = bazelrc.Options(tenant=acc.tenant.slug)
     if form.is_bound and form.is_valid():
         options = bazelrc.Options(tenant=acc.tenant.slug, **form.cleaned_data)
+    # Lines for choices that were refused would be the old ones under a live Copy button.
+    valid = not form.is_bound or form.is_valid()
     return page(
         request,
         acc,
         "bazelrc",
         form=form if form.is_bound else forms.BazelrcForm(),
-        snippet=bazelrc.render(options),
+        snippet=bazelrc.render(options) if valid else "",
+        execution=options.execution,
+        my_tokens=tokens.active_of(acc.tenant, acc.user) if options.execution else [],
         status=400 if form.is_bound and not form.is_valid() else 200,
     )
 

@@ -2,30 +2,48 @@
 
 from django.urls import path
 
-from portal import oidc, views
+from portal import account_views, member_views, oidc, report_views, token_views, views
+from workers import views as worker_views
 
 urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.logout_view, name="logout"),
     path("oidc/authenticate/", oidc.Authenticate.as_view(), name="oidc_authentication_init"),
     path("oidc/callback/", oidc.Callback.as_view(), name="oidc_authentication_callback"),
+    path("set-password/done/", account_views.set_password_done, name="set_password_done"),
+    path("set-password/<uidb64>/<token>/", account_views.SetPassword.as_view(), name="set_password"),
     path("", views.dashboard, name="dashboard"),
     path("t/<slug:slug>/", views.tenant_home, name="tenant"),
+    path("t/<slug:slug>/join/", token_views.join_as_admin, name="join_as_admin"),
     path("t/<slug:slug>/cache-mode/", views.cache_mode, name="cache_mode"),
-    path("t/<slug:slug>/tokens/", views.token_list, name="tokens"),
-    path("t/<slug:slug>/tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
-    path("t/<slug:slug>/members/", views.members, name="members"),
-    path("t/<slug:slug>/members/invite/", views.member_invite, name="member_invite"),
-    path("t/<slug:slug>/members/<int:membership_id>/role/", views.member_role, name="member_role"),
-    path("t/<slug:slug>/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
+    path("t/<slug:slug>/tokens/", token_views.token_list, name="tokens"),
+    path("t/<slug:slug>/tokens/<int:token_id>/", token_views.token_detail, name="token_detail"),
+    path("t/<slug:slug>/tokens/<int:token_id>/created/", token_views.token_created, name="token_created"),
+    path("t/<slug:slug>/tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token_revoke"),
+    path("t/<slug:slug>/members/", member_views.members, name="members"),
+    path("t/<slug:slug>/members/invite/", member_views.member_invite, name="member_invite"),
+    path("t/<slug:slug>/members/accounts/", member_views.account_create, name="account_create"),
+    path("t/<slug:slug>/members/<int:membership_id>/", member_views.member_detail, name="member_detail"),
+    path("t/<slug:slug>/members/<int:membership_id>/role/", member_views.member_role, name="member_role"),
+    path(
+        "t/<slug:slug>/members/<int:membership_id>/remove/", member_views.member_remove, name="member_remove"
+    ),
+    path("t/<slug:slug>/members/<int:membership_id>/link/", member_views.account_link, name="account_link"),
+    path(
+        "t/<slug:slug>/members/<int:membership_id>/account/",
+        member_views.account_created,
+        name="account_created",
+    ),
     path(
         "t/<slug:slug>/invitations/<int:invitation_id>/cancel/",
-        views.invitation_cancel,
+        member_views.invitation_cancel,
         name="invitation_cancel",
     ),
     path("t/<slug:slug>/ci/", views.ci, name="ci"),
     path("t/<slug:slug>/ci/<int:rule_id>/remove/", views.ci_remove, name="ci_remove"),
-    path("t/<slug:slug>/audit/", views.audit_log, name="audit"),
-    path("t/<slug:slug>/usage/", views.usage_page, name="usage"),
+    path("t/<slug:slug>/audit/", report_views.audit_log, name="audit"),
+    path("t/<slug:slug>/usage/", report_views.usage_page, name="usage"),
     path("t/<slug:slug>/bazelrc/", views.bazelrc_builder, name="bazelrc"),
+    path("t/<slug:slug>/workers/", worker_views.tenant_fleet_page, name="tenant_workers"),
+    path("t/<slug:slug>/workers/<str:name>/", worker_views.operation_page, name="operation"),
 ]

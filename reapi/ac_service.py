@@ -39,9 +39,9 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
                 inline_files=frozenset(request.inline_output_files),
             )
         except NotFound:
-            usage.add(who.tenant_id, self.cluster, usage.MISSES)
+            usage.add(who, self.cluster, usage.MISSES)
             raise
-        usage.add(who.tenant_id, self.cluster, usage.HITS)
+        usage.add(who, self.cluster, usage.HITS)
         return result
 
     @unary

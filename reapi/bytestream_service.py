@@ -30,7 +30,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
         tenant, backend = self._backend(name.instance)
         # Counted once at the end (a cancelled read counts what was sent); the principal is
         # read now because the stream may be closed from another thread.
-        tenant_id, served = principal().tenant_id, 0
+        who, served = principal(), 0
         try:
             if name.compressor:
                 # REAPI: compressed reads take offsets in the uncompressed blob and no limit.
@@ -51,7 +51,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 served += len(chunk)
                 yield bs_pb2.ReadResponse(data=chunk)
         finally:
-            usage.add(tenant_id, self.cluster, usage.SERVED, served)
+            usage.add(who, self.cluster, usage.SERVED, served)
 
     def Write(
         self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
@@ -80,7 +80,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 if request.finish_write:
                     committed = upload.finish()
                     upload = None
-                    usage.add(principal().tenant_id, self.cluster, usage.STORED, name.digest.size)
+                    usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
                     return bs_pb2.WriteResponse(committed_size=committed)
                 following = next(request_iterator, None)
                 if following is None:
@@ -151,7 +151,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             # A compressed upload cannot resume, so nothing of it is worth keeping.
             upload.discard()
             raise
-        usage.add(principal().tenant_id, self.cluster, usage.STORED, name.digest.size)
+        usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
         # ByteStream offsets count the bytes of the stream written: here, compressed bytes.
         return bs_pb2.WriteResponse(committed_size=received)
 

@@ -107,7 +107,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
             inflated += len(item[1])
         results = backend.cas.batch_update(tenant, items)
         stored = sum(len(data) for (_, data), err in zip(items, results, strict=True) if err is None)
-        usage.add(principal().tenant_id, self.cluster, usage.STORED, stored)
+        usage.add(principal(), self.cluster, usage.STORED, stored)
         ok = rpc_status(None)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
@@ -142,7 +142,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
             else:
                 served += len(result)
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, data=result, status=ok))
-        usage.add(principal().tenant_id, self.cluster, usage.SERVED, served)
+        usage.add(principal(), self.cluster, usage.SERVED, served)
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @streaming

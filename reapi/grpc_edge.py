@@ -82,6 +82,8 @@ def writer_of(who: auth.Principal, cluster: str, context: grpc.ServicerContext) 
         tool_version=meta.tool_details.tool_version,
         tool_invocation_id=meta.tool_invocation_id,
         correlated_invocations_id=meta.correlated_invocations_id,
+        action_mnemonic=meta.action_mnemonic[:100],
+        target_id=meta.target_id[:300],
     )
 
 

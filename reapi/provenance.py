@@ -51,6 +51,9 @@ class Writer:
     tool_version: str = ""
     tool_invocation_id: str = ""
     correlated_invocations_id: str = ""
+    # What Bazel says the action is (Bazel 5 and later send them): shown on the Workers page.
+    action_mnemonic: str = ""
+    target_id: str = ""
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Usage counters: action-cache hits and misses, bytes stored and served, per tenant, cluster and
-UTC day. RPCs only add to a dict under a lock; a background thread adds what was counted to
+"""Usage counters: action-cache hits and misses, bytes stored and served, per tenant, cluster,
+UTC day and credential (its member and token, so the portal can split them). RPCs only add to a dict under a lock; a background thread adds what was counted to
 portal.models.UsageDay every REAPI_USAGE_FLUSH_SECONDS, so there is never a database write per
 RPC. A failed flush keeps its counts for the next one; a stopping server flushes once more."""
 
@@ -13,19 +13,21 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, tran
 from django.db.models import F
 
 from portal.models import UsageDay
+from reapi.auth import Principal
 
 log = logging.getLogger(__name__)
 
 HITS, MISSES, STORED, SERVED = range(4)
 FIELDS = ("hits", "misses", "bytes_stored", "bytes_served")
-Key = tuple[int, str, int]  # tenant id, cluster, days since the epoch (UTC)
+# tenant id, cluster, days since the epoch (UTC), user id, token id (None: a CI runner's JWT)
+Key = tuple[int, str, int, int | None, int | None]
 
 _counts: dict[Key, list[int]] = {}
 _lock = threading.Lock()
 
 
-def add(tenant_id: int, cluster: str, field: int, amount: int = 1) -> None:
-    key = (tenant_id, cluster, int(time.time()) // 86400)
+def add(who: Principal, cluster: str, field: int, amount: int = 1) -> None:
+    key = (who.tenant_id, cluster, int(time.time()) // 86400, who.user_id, who.token_id)
     with _lock:
         row = _counts.get(key)
         if row is None:
@@ -61,7 +63,7 @@ def flush() -> int:
             _upsert(key, values)
             written += 1
         except IntegrityError:
-            log.info("usage for a vanished tenant %s dropped", key[0])
+            log.info("usage for a vanished tenant, user or token %s dropped", key)
         except DatabaseError:
             log.warning("usage flush failed; kept for the next one", exc_info=True)
             failed[key] = values
@@ -71,18 +73,20 @@ def flush() -> int:
 
 
 def _upsert(key: Key, values: list[int]) -> None:
-    tenant_id, cluster, day_number = key
+    tenant_id, cluster, day_number, user_id, token_id = key
     day = date.fromordinal(date(1970, 1, 1).toordinal() + day_number)
     increments = {name: F(name) + v for name, v in zip(FIELDS, values, strict=True)}
+    where = {"tenant_id": tenant_id, "cluster": cluster, "day": day, "user_id": user_id, "token_id": token_id}
     with transaction.atomic():
-        rows = UsageDay.objects.filter(tenant_id=tenant_id, cluster=cluster, day=day)
+        # Matched on the first row: NULLs never collide in the unique constraint, so two
+        # processes may each have made a row for a CI runner's day; totals add them up.
+        first = UsageDay.objects.filter(**where).order_by("pk").values("pk")[:1]
+        rows = UsageDay.objects.filter(pk__in=first)
         if rows.update(**increments):
             return
         try:
             with transaction.atomic():
-                UsageDay.objects.create(
-                    tenant_id=tenant_id, cluster=cluster, day=day, **dict(zip(FIELDS, values, strict=True))
-                )
+                UsageDay.objects.create(**where, **dict(zip(FIELDS, values, strict=True)))
         except IntegrityError:
             # Another server process created the row first (or the tenant is gone: then the
             # update below changes nothing and the counts are dropped with it).

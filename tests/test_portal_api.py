@@ -10,7 +10,7 @@ import requests
 import yaml
 
 from portal import tokens
-from portal.models import SCOPES, AccessToken, Invitation, Membership, Tenant
+from portal.models import DEFAULT_SCOPES, SCOPES, AccessToken, Invitation, Membership, Tenant
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from tests.oidc import PortalServer
 from tests.reapi_client import Client, digest
@@ -257,3 +257,22 @@ def test_portal_admin_grants_nothing_on_the_grpc_endpoint(
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     token = AccessToken.objects.get(tenant=acme.tenant, scopes="portal:admin")
     assert token.first_used_at is not None  # it authenticated: refused for its scopes, not unknown
+
+
+def test_a_token_made_without_scopes_gets_the_default_set_and_both_snippets(
+    portal: PortalServer, acme: Persona
+) -> None:
+    api = pat_session(acme.pat(scopes=API_SCOPES))
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    made = api.post(f"{base}/tokens/", json={"name": "workstation"})
+    assert made.status_code == 201
+    body = made.json()
+    assert body["scopes"] == list(DEFAULT_SCOPES)
+    assert "build --remote_cache=" in body["bazelrc"]
+    assert "build --remote_executor=" in body["bazelrc_execution"]
+    reader = api.post(f"{base}/tokens/", json={"name": "reader", "scopes": ["cas:read", "ac:read"]})
+    assert reader.status_code == 201 and reader.json()["bazelrc_execution"] is None
+    again = api.post(f"{base}/tokens/", json={"name": "Workstation"})
+    assert again.status_code == 400
+    assert "already has an active token named 'workstation'" in again.json()["detail"]
+    assert AccessToken.objects.filter(tenant=acme.tenant, name__iexact="workstation").count() == 1

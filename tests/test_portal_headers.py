@@ -46,6 +46,7 @@ def test_the_pages_have_no_inline_script_or_style(acme: Persona) -> None:
     issued = alice.post(
         f"/t/{acme.slug}/tokens/",
         {"name": "laptop", "scopes": ["cas:read"], "expires_in_days": 30, "cluster": "external"},
+        follow=True,
     )
     bodies = {
         "login": Client().get("/login/"),

@@ -89,14 +89,18 @@ def test_the_token_is_shown_once_with_no_store_beside_its_bazelrc(acme: Persona)
         f"/t/{acme.slug}/tokens/",
         {"name": "laptop", "scopes": ["cas:read", "ac:read"], "expires_in_days": 30, "cluster": "external"},
     )
-    assert response.status_code == 200
-    assert "no-store" in response["Cache-Control"]
-    body = response.content.decode()
+    # Post/redirect/get: the PAT is on the page the POST redirects to, never in its URL.
+    assert response.status_code == 303
+    assert not re.search(r"aw_pat_[0-9A-Za-z]{36}", response["Location"])
+    shown = bob.get(response["Location"])
+    assert shown.status_code == 200
+    assert "no-store" in shown["Cache-Control"]
+    body = shown.content.decode()
     pat = re.search(r"aw_pat_[0-9A-Za-z]{36}", body)
     assert pat, "the PAT is on the page"
     assert f"build --remote_header=X-Aspect={pat.group(0)}" in body
     assert "build --noremote_upload_local_results" in body  # read-only token, read-only snippet
-    assert pat.group(0) not in str(response.cookies)
+    assert pat.group(0) not in str(response.cookies) and pat.group(0) not in str(shown.cookies)
     token = AccessToken.objects.get(prefix=pat.group(0)[:13])
     assert token.user.get_username() == acme.developer and token.scope_list == ["cas:read", "ac:read"]
     listing = bob.get(f"/t/{acme.slug}/tokens/").content.decode()
@@ -212,6 +216,7 @@ def test_the_audit_log_shows_prefixes_never_tokens(acme: Persona) -> None:
     created = alice.post(
         f"/t/{acme.slug}/tokens/",
         {"name": "ci", "scopes": ["cas:read"], "expires_in_days": 7, "cluster": "internal"},
+        follow=True,
     )
     pat = re.search(r"aw_pat_[0-9A-Za-z]{36}", created.content.decode())
     assert pat
@@ -319,10 +324,10 @@ def test_the_token_form_offers_portal_admin_to_admins_unticked_with_a_warning(ac
     assert box and "checked" not in box.group(0)
     assert "Warning: whoever holds this token can create tokens" in page
     form = {"name": "bazel", "scopes": ["cas:read", "ac:read"], "expires_in_days": 30, "cluster": "external"}
-    assert alice.post(f"/t/{acme.slug}/tokens/", form).status_code == 200
+    assert alice.post(f"/t/{acme.slug}/tokens/", form).status_code == 303
     assert AccessToken.objects.get(tenant=acme.tenant, name="bazel").scope_list == ["cas:read", "ac:read"]
     response = alice.post(f"/t/{acme.slug}/tokens/", {**form, "name": "automation", "portal_admin": "on"})
-    assert response.status_code == 200
+    assert response.status_code == 303
     token = AccessToken.objects.get(tenant=acme.tenant, name="automation")
     assert token.scope_list == ["cas:read", "ac:read", "portal:admin"]
 
@@ -331,5 +336,5 @@ def test_the_token_form_gives_developers_no_portal_admin(acme: Persona) -> None:
     bob = client_for(acme.developer or "")
     assert 'name="portal_admin"' not in bob.get(f"/t/{acme.slug}/tokens/").content.decode()
     form = {"name": "sneaky", "scopes": ["cas:read"], "expires_in_days": 30, "cluster": "external"}
-    assert bob.post(f"/t/{acme.slug}/tokens/", {**form, "portal_admin": "on"}).status_code == 200
+    assert bob.post(f"/t/{acme.slug}/tokens/", {**form, "portal_admin": "on"}).status_code == 303
     assert AccessToken.objects.get(tenant=acme.tenant, name="sneaky").scope_list == ["cas:read"]

@@ -101,3 +101,10 @@ def recent_failures(operations: QuerySet[Operation], limit: int = 20) -> list[Op
     return list(
         operations.filter(done=True).filter(failed).select_related("tenant").order_by("-completed_at")[:limit]
     )
+
+
+def recent_completed(operations: QuerySet[Operation], limit: int = 25) -> list[Operation]:
+    """The latest finished actions, succeeded or not, newest first."""
+    return list(
+        operations.filter(done=True).select_related("tenant").order_by("-completed_at", "-id")[:limit]
+    )

@@ -20,9 +20,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             tenant = tenancy.get_tenant(options["slug"])
-            invitation = invitations.invite(tenant, options["email"], options["role"])
+            invitation, outcome = invitations.invite_once(tenant, options["email"], options["role"])
         except (tenancy.TenancyError, invitations.MembershipError) as exc:
             raise CommandError(str(exc)) from None
+        if outcome == "already invited":
+            self.stdout.write(f"{invitation.email} is already invited to {tenant.slug} as {invitation.role}")
+            return
         self.stdout.write(
             f"invited {invitation.email} to {tenant.slug} as {invitation.role}: "
             "they join when they sign in with that email"

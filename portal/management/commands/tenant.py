@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal import tenancy
@@ -34,7 +36,26 @@ class Command(BaseCommand):
                 self.stdout.write(f"tenant {tenant.slug} is now {tenant.cache_mode}")
             else:
                 tenant = tenancy.get_tenant(options["slug"])
-                m = tenancy.add_member(tenant, options["username"], options["role"])
+                username = options["username"]
+                existed = get_user_model().objects.filter(username=username).exists()
+                m = tenancy.add_member(tenant, username, options["role"])
                 self.stdout.write(f"{m.user.get_username()} is {m.role} of {tenant.slug}")
+                if not existed:
+                    self.stderr.write(no_login_yet(username, tenant.slug))
         except tenancy.TenancyError as exc:
             raise CommandError(str(exc)) from None
+
+
+def no_login_yet(username: str, slug: str) -> str:
+    """What a user made here lacks: a way to sign in."""
+    if settings.OIDC_ENABLED:
+        return (
+            f"note: user {username} was created without a password and cannot sign in. With an "
+            "OpenID provider, sign-ins make their own accounts: invite their email instead "
+            f"(manage.py invite {slug} EMAIL), which joins the account the provider signs in."
+        )
+    return (
+        f"note: user {username} was created without a password and cannot sign in until given one: "
+        f"manage.py changepassword {username} (or a Members page admin's 'Make a local account' "
+        "for someone new, which hands them a set-password link). Tokens issued for them work now."
+    )

@@ -2,10 +2,11 @@
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal import tenancy, tokens
-from portal.models import ADMIN_SCOPE, SCOPES, TOKEN_SCOPES, AccessToken
+from portal.models import ADMIN_SCOPE, DEFAULT_SCOPES, TOKEN_SCOPES, AccessToken
 
 
 class Command(BaseCommand):
@@ -19,7 +20,7 @@ class Command(BaseCommand):
         issue.add_argument("--name", default="")
         issue.add_argument(
             "--scopes",
-            default=",".join(SCOPES),
+            default=",".join(DEFAULT_SCOPES),
             help=f"comma-separated, from {', '.join(TOKEN_SCOPES)}; default: every scope but {ADMIN_SCOPE}, "
             f"which opens the REST API and must be named",
         )
@@ -41,14 +42,21 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
 
     def do_issue(self, options: dict[str, Any]) -> None:
+        tenant = tenancy.get_tenant(options["tenant"])
+        owner = get_user_model().objects.filter(username=options["user"]).first()
+        clash = tokens.active_named(tenant, owner, options["name"]) if owner else None
         issued = tokens.issue(
-            tenancy.get_tenant(options["tenant"]),
+            tenant,
             options["user"],
             name=options["name"],
             scopes=options["scopes"],
             expires_in_days=options["expires_in"],
         )
         t = issued.token
+        if clash is not None:
+            # Scripts rotate tokens by name (the new one first), so the command line warns where
+            # the pages and the API refuse.
+            self.stderr.write(f"warning: another token has this name: {tokens.name_clash(clash)}")
         expiry = f"expires {t.expires_at:%Y-%m-%d}" if t.expires_at else "never expires"
         self.stdout.write(f"token {t.id} for {options['user']} in {t.tenant.slug}: {t.scopes}, {expiry}")
         self.stdout.write("shown once: copy it now")
