@@ -1,15 +1,16 @@
-"""`manage.py tenant create|mode|add-member` (DESIGN.md command-line contract)."""
+"""`manage.py tenant create|mode|rate|add-member` (DESIGN.md command-line contract)."""
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal import tenancy
+from portal import rates, tenancy
 from portal.models import CacheMode, Role
 
 
 class Command(BaseCommand):
-    help = "Create tenants, change their cache mode, add members."
+    help = "Create tenants, change their cache mode or rate limit, add members."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -19,6 +20,9 @@ class Command(BaseCommand):
         mode = sub.add_parser("mode", help="set a tenant's cache mode")
         mode.add_argument("slug")
         mode.add_argument("mode", choices=CacheMode.values)
+        rate = sub.add_parser("rate", help="set the calls per second each of a tenant's credentials may make")
+        rate.add_argument("slug")
+        rate.add_argument("rate", metavar="RPS[:BURST]|default", help="e.g. 50, 50:100, or default")
         member = sub.add_parser("add-member", help="add a user (created if absent) to a tenant")
         member.add_argument("slug")
         member.add_argument("username")
@@ -32,9 +36,15 @@ class Command(BaseCommand):
             elif options["action"] == "mode":
                 tenant = tenancy.set_cache_mode(tenancy.get_tenant(options["slug"]), options["mode"])
                 self.stdout.write(f"tenant {tenant.slug} is now {tenant.cache_mode}")
+            elif options["action"] == "rate":
+                tenant = tenancy.get_tenant(options["slug"])
+                tenancy.set_token_rate(tenant, rates.parse_override(options["rate"]))
+                own = tenant.token_rate
+                described = own.describe() if own else f"{settings.REAPI_TOKEN_RATE.describe()} (the default)"
+                self.stdout.write(f"tenant {tenant.slug}: each credential may make {described}")
             else:
                 tenant = tenancy.get_tenant(options["slug"])
                 m = tenancy.add_member(tenant, options["username"], options["role"])
                 self.stdout.write(f"{m.user.get_username()} is {m.role} of {tenant.slug}")
-        except tenancy.TenancyError as exc:
+        except (tenancy.TenancyError, rates.RateError) as exc:
             raise CommandError(str(exc)) from None
