@@ -7,6 +7,7 @@ gRPC status (whole RPC) or a google.rpc.Status (one item of a batch).
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from reapi import auth, provenance
 from reapi.errors import FailedPrecondition, Internal, PermissionDenied, RateLimited, ReapiError, Unavailable
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.rpc import error_details_pb2, status_pb2
-from reapi.limits import SHED, Credential, Limiter
+from reapi.limits import Credential, Limiter, note_shed
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             # Shed before anything else: a call that would queue behind this many is better
             # answered now, so the client retries (elsewhere) before its deadline passes.
             if pool._work_queue.qsize() >= self.max_queued:
-                SHED.add(name)
+                note_shed(name, time.monotonic())
                 raise Unavailable(
                     "this server process is overloaded (its queue of calls is full); retry shortly"
                 )

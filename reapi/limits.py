@@ -90,6 +90,19 @@ class Caller:
     rate: Rate | None  # the tenant's own rate, None for the server's default
 
 
+_shed_warned: dict[str, float] = {}
+
+
+def note_shed(pool: str, now: float) -> None:
+    """Count a call shed from a full pool queue, and say so in the log at most every few seconds.
+
+    Called at grpcio's admission only, like Limiter.admit."""
+    SHED.add(pool)
+    if now - _shed_warned.get(pool, float("-inf")) >= WARN_INTERVAL_SECONDS:
+        _shed_warned[pool] = now
+        log.warning("overloaded: the %s pool's queue is full; calls are answered UNAVAILABLE", pool)
+
+
 class Limiter:
     def __init__(
         self, default_rate: Rate, max_streams: int, clock: Callable[[], float] = time.monotonic
@@ -112,12 +125,15 @@ class Limiter:
             state = self._credentials[caller.key] = Credential(tat=now)
         rate = caller.rate or self.default_rate
         interval = 1.0 / rate.per_second
-        tat = max(state.tat, now)
+        # Never further ahead than a whole burst at this rate: the same bound the arithmetic
+        # keeps on its own while the rate stays put, and after a limit is raised the debt run
+        # up under the old one is not carried over.
+        tat = state.tat = min(max(state.tat, now), now + rate.burst * interval)
         wait = tat - now - (rate.burst - 1) * interval
-        if wait > 0:
+        if wait > 1e-9:  # not a rounding error of the sums above
             self._refused(state, caller, "rate", now)
             raise RateLimited(
-                f"{caller.label} is over its rate limit ({rate.describe()}); retry in {wait:.2f} s",
+                f"{caller.label} is over its rate limit ({rate.describe()}); retry in {max(wait, 0.01):.2f} s",
                 wait,
             )
         state.tat = tat + interval
