@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from portal import rates, tenancy
+from portal import ci_identities, rates, tenancy
 from portal.models import AuditEvent, Tenant
 from reapi.errors import RateLimited
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -27,10 +27,12 @@ from reapi.gen.google.rpc import error_details_pb2, status_pb2
 from reapi.limits import Caller, Limiter
 from tests.bazel import bazel_in, genrule_sizes, write_workspace
 from tests.execution_fixtures import EXEC_ENV, QUEUED, ActionSpec, execute_stream, ops, response, stage
+from tests.oidc import OidcProvider
 from tests.reapi_client import Client, digest
 from tests.servers import ReapiServer, manage
 from tests.storage_helpers import within
 from tests.tenants import Persona
+from tests.test_portal_grpc_oidc import JwtClient
 
 CANCELLED = 1
 
@@ -165,6 +167,36 @@ def test_a_token_over_its_rate_is_refused_with_retry_info_while_another_tenant_i
     second = Client(external_server.channel(), acme.pat())
     assert second.missing(digest(b"refused write")) == [digest(b"refused write")]
     assert f"rate limited: token {hot[:13]}… of tenant {acme.slug}" in external_server.log.read_text()
+
+
+def test_oidc_tokens_of_one_subject_share_a_bucket(acme: Persona) -> None:
+    # A CI job's token is short-lived and each job gets a new one: the limit is the subject's.
+    from django.test import override_settings
+
+    with OidcProvider(users=[]) as provider, ReapiServer("internal", env=provider.grpc_env()) as server:
+        with override_settings(OIDC_GRPC_ISSUER=provider.issuer):
+            ci_identities.add(
+                acme.tenant,
+                name="ci",
+                claim="repository",
+                value=f"acme/{acme.slug}",
+                user_id=acme.tenant.memberships.get(user__username=acme.admin).user_id,
+                scopes="cas:read,ac:read",
+            )
+        tenancy.set_token_rate(acme.tenant, rates.parse("0.01:2"))
+
+        def token(subject: str) -> Client:
+            claims = {"sub": subject, "repository": f"acme/{acme.slug}", "jti": os.urandom(8).hex()}
+            return JwtClient(server.channel(), provider.sign(claims))
+
+        main = "repo:acme:ref:refs/heads/main"
+        for _ in range(2):
+            token(main).get_capabilities()
+        err = refusal(token(main).get_capabilities)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"OIDC subject {main!r} is over its rate limit" in (err.details() or "")
+        assert retry_delay(err) > 0
+        token("repo:acme:ref:refs/heads/release").get_capabilities()  # another subject, its own
 
 
 def test_a_rate_set_with_the_cli_reaches_a_running_server(
