@@ -1,4 +1,5 @@
-"""Where the REAPI core meets gRPC: status-code mapping, the auth interceptor, RPC wrappers.
+"""Where the REAPI core meets gRPC: status-code mapping, the interceptor that admits calls
+(load shedding, credentials, scopes, per-credential limits, thread pools), RPC wrappers.
 
 Every error the core raises is a reapi.errors.ReapiError; this module alone turns one into a
 gRPC status (whole RPC) or a google.rpc.Status (one item of a batch).

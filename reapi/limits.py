@@ -164,6 +164,8 @@ class Limiter:
         state.streams.discard(ticket)  # twice is harmless: both ends of a stream call it
 
     def _refused(self, state: Credential, caller: Caller, reason: str, now: float) -> None:
+        # Stream refusals come from handler threads: two may race on the counts below, which
+        # costs a log line a miscounted call at worst, never a limit.
         RATE_LIMITED.add((caller.tenant, reason))
         state.refused_since_warning += 1
         if now - state.warned_at >= WARN_INTERVAL_SECONDS:
