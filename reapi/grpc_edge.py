@@ -208,6 +208,9 @@ STREAM_METHODS = WAITING_METHODS | {BS + "Read", BS + "Write"}
 
 HEALTH = "/grpc.health.v1.Health/"
 
+# What a stream needs to take one of its credential's slots (None: not a stream).
+Slot = tuple[Limiter, Credential] | None
+
 
 @dataclass(frozen=True)
 class Pools:
@@ -279,7 +282,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             handler, lambda inner, streams: _with_principal(inner, who, streams, slot), pool
         )
 
-    def _admit(self, who: auth.Principal, method: str) -> "tuple[Limiter, Credential] | None":
+    def _admit(self, who: auth.Principal, method: str) -> Slot:
         """Take a token from the credential's bucket; for a stream, what it needs for a slot."""
         if self.limiter is None:
             return None
@@ -316,7 +319,7 @@ def _with_principal(
     inner: Callable[..., Any],
     who: auth.Principal,
     streaming_response: bool,
-    slot: "tuple[Limiter, Credential] | None",
+    slot: Slot,
 ) -> Callable[..., Any]:
     if streaming_response:
 
@@ -344,9 +347,7 @@ def _with_principal(
     return run
 
 
-def _open_stream(
-    slot: "tuple[Limiter, Credential] | None", who: auth.Principal, context: grpc.ServicerContext
-) -> int:
+def _open_stream(slot: Slot, who: auth.Principal, context: grpc.ServicerContext) -> int:
     """Take one of the credential's stream slots (REAPI_TOKEN_STREAMS) for this call, or abort.
 
     Taken here, when the call has its thread, and not at admission: grpcio never runs a call
@@ -365,7 +366,7 @@ def _open_stream(
     return ticket
 
 
-def _close_stream(slot: "tuple[Limiter, Credential] | None", ticket: int) -> None:
+def _close_stream(slot: Slot, ticket: int) -> None:
     if slot is not None:
         slot[0].close_stream(slot[1], ticket)
 

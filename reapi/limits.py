@@ -111,6 +111,7 @@ class Limiter:
         self.max_streams = max_streams
         self.clock = clock
         self._credentials: dict[str, Credential] = {}
+        self._prune_above = PRUNE_ABOVE
         self._tickets = itertools.count()
 
     def admit(self, caller: Caller) -> Credential:
@@ -120,7 +121,7 @@ class Limiter:
         now = self.clock()
         state = self._credentials.get(caller.key)
         if state is None:
-            if len(self._credentials) >= PRUNE_ABOVE:
+            if len(self._credentials) >= self._prune_above:
                 self._prune(now)
             state = self._credentials[caller.key] = Credential(tat=now)
         rate = caller.rate or self.default_rate
@@ -184,3 +185,5 @@ class Limiter:
         idle = [k for k, s in self._credentials.items() if s.tat < now - IDLE_SECONDS and not s.streams]
         for key in idle:
             del self._credentials[key]
+        # With that many busy credentials, look again only once there are twice as many.
+        self._prune_above = max(PRUNE_ABOVE, 2 * len(self._credentials))

@@ -24,7 +24,7 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.rpc import error_details_pb2, status_pb2
-from reapi.limits import Caller, Limiter
+from reapi.limits import IDLE_SECONDS, PRUNE_ABOVE, Caller, Limiter
 from tests.bazel import bazel_in, genrule_sizes, write_workspace
 from tests.execution_fixtures import EXEC_ENV, QUEUED, ActionSpec, execute_stream, ops, response, stage
 from tests.oidc import OidcProvider
@@ -126,6 +126,19 @@ def test_a_stream_slot_is_held_until_closed_and_refused_past_the_cap() -> None:
     limiter.close_stream(state, first)  # both ends of a stream close it: once counts
     third = limiter.open_stream(state, caller)
     assert state.streams == {second, third}
+
+
+def test_idle_credentials_are_forgotten_and_one_with_a_stream_open_is_kept() -> None:
+    clock = Clock()
+    limiter = Limiter(rates.parse("1:1"), max_streams=1, clock=clock)
+    callers = [Caller(key=f"pat:{i}", tenant="acme", label="t", rate=None) for i in range(PRUNE_ABOVE)]
+    states = [limiter.admit(c) for c in callers]
+    limiter.open_stream(states[0], callers[0])
+    clock.now += IDLE_SECONDS + 5  # past every bucket's last call by more than IDLE_SECONDS
+    limiter.admit(Caller(key="pat:new", tenant="acme", label="t", rate=None))  # the table is full
+    kept = limiter.admit(callers[0])
+    assert kept is states[0] and limiter.streams_full(kept)  # its open stream still counts
+    assert limiter.admit(callers[1]) is not states[1]  # idle: forgotten, a full bucket again
 
 
 # --- over real sockets -----------------------------------------------------------------------------
