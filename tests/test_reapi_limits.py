@@ -24,7 +24,7 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.rpc import error_details_pb2, status_pb2
-from reapi.limits import IDLE_SECONDS, PRUNE_ABOVE, Caller, Limiter
+from reapi.limits import IDLE_SECONDS, PRUNE_ABOVE, RATE_LIMITED, Caller, Limiter, Tally
 from tests.bazel import bazel_in, genrule_sizes, write_workspace
 from tests.execution_fixtures import EXEC_ENV, QUEUED, ActionSpec, execute_stream, ops, response, stage
 from tests.oidc import OidcProvider
@@ -91,6 +91,35 @@ def test_a_bucket_admits_its_burst_then_one_call_per_interval() -> None:
         limiter.admit(caller)
     # Another credential has a bucket of its own.
     limiter.admit(Caller(key="pat:2", tenant="acme", label="token aw_pat_def…", rate=None))
+
+
+def test_refusals_are_counted_by_tenant_and_reason_across_threads() -> None:
+    tally = Tally()
+
+    def count(label: str) -> None:
+        for _ in range(10_000):
+            tally.add(label)
+
+    threads = [threading.Thread(target=count, args=(label,)) for label in ("a", "b", "a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tally.totals() == {"a": 20_000, "b": 20_000}
+
+    before = RATE_LIMITED.totals()
+    limiter = Limiter(rates.parse("1:1"), max_streams=1, clock=Clock())
+    caller = Caller(key="pat:1", tenant="counted", label="t", rate=None)
+    state = limiter.admit(caller)
+    for _ in range(3):
+        with pytest.raises(RateLimited):
+            limiter.admit(caller)
+    limiter.open_stream(state, caller)
+    with pytest.raises(RateLimited):
+        limiter.open_stream(state, caller)
+    after = RATE_LIMITED.totals()
+    assert after[("counted", "rate")] == before.get(("counted", "rate"), 0) + 3
+    assert after[("counted", "streams")] == before.get(("counted", "streams"), 0) + 1
 
 
 def test_a_raised_rate_does_not_carry_the_debt_of_the_old_one() -> None:
