@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal import bazelrc, invitations, tenancy, tokens
+from portal import bazelrc, invitations, rates, tenancy, tokens
 from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
 from portal.models import DEFAULT_SCOPES, TOKEN_SCOPES, WRITE_SCOPES, AccessToken, CacheMode, Membership, Role
 
@@ -36,8 +36,21 @@ def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess
 class TenantSerializer(serializers.Serializer):
     slug = serializers.SlugField(read_only=True)
     name = serializers.CharField(read_only=True)
-    cache_mode = serializers.ChoiceField(choices=CacheMode.choices)
+    cache_mode = serializers.ChoiceField(choices=CacheMode.choices, required=False)
+    token_rate = serializers.CharField(
+        required=False,
+        allow_null=True,
+        max_length=40,
+        help_text="calls per second each credential of the tenant may make on a gRPC server process, "
+        "RPS[:BURST]; null (or 'default') for the server's REAPI_TOKEN_RATE; superusers change it",
+    )
     role = serializers.ChoiceField(choices=Role.choices, read_only=True, help_text="the caller's role")
+
+    def validate_token_rate(self, value: str | None) -> rates.Rate | None:
+        try:
+            return None if value is None else rates.parse_override(value)
+        except rates.RateError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class TokenSerializer(serializers.Serializer):
@@ -108,7 +121,14 @@ class InvitationSerializer(serializers.Serializer):
 
 def _tenant_data(acc: TenantAccess) -> dict[str, Any]:
     t = acc.tenant
-    return {"slug": t.slug, "name": t.name, "cache_mode": t.cache_mode, "role": acc.role}
+    rate = t.token_rate
+    return {
+        "slug": t.slug,
+        "name": t.name,
+        "cache_mode": t.cache_mode,
+        "token_rate": str(rate) if rate else None,
+        "role": acc.role,
+    }
 
 
 # --- Views --------------------------------------------------------------------------------------
@@ -129,13 +149,25 @@ class TenantDetail(APIView):
         return Response(_tenant_data(api_access(request, slug)))
 
     @extend_schema(
-        request=TenantSerializer, responses=TenantSerializer, summary="Set the cache mode (admins)"
+        request=TenantSerializer,
+        responses=TenantSerializer,
+        summary="Set the cache mode (admins) or the rate limit (superusers)",
     )
     def patch(self, request: Request, slug: str) -> Response:
         acc = api_access(request, slug, admin=True)
         body = TenantSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        tenancy.set_cache_mode(acc.tenant, body.validated_data["cache_mode"], actor=acc.user)
+        data = body.validated_data
+        new_rate = "token_rate" in data and data["token_rate"] != acc.tenant.token_rate
+        # The limit protects the service from a tenant, so the tenant's own admins cannot lift it.
+        if new_rate and not getattr(request.user, "is_superuser", False):
+            raise PermissionDenied(
+                "only the service's operators (superusers) may change a tenant's rate limit"
+            )
+        if "cache_mode" in data:
+            tenancy.set_cache_mode(acc.tenant, data["cache_mode"], actor=acc.user)
+        if new_rate:
+            tenancy.set_token_rate(acc.tenant, data["token_rate"], actor=acc.user)
         return Response(_tenant_data(acc))
 
 

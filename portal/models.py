@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from portal.rates import Rate
+
 # The REAPI scopes (contract names): what a token may do on the gRPC endpoint, and the default set.
 SCOPES = ("cas:read", "ac:read", "cas:write", "ac:write", "execute")
 READ_SCOPES = ("cas:read", "ac:read")
@@ -35,9 +37,29 @@ class Tenant(models.Model):
     cache_mode = models.CharField(max_length=20, choices=CacheMode.choices, default=CacheMode.INDEPENDENT)
     allow_non_expiring_tokens = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
+    # Calls per second, and the burst, each credential of the tenant may make on a gRPC server
+    # process (reapi/limits.py); both null: the server's REAPI_TOKEN_RATE. `manage.py tenant rate`.
+    token_rate_per_second = models.FloatField(null=True, blank=True)
+    token_rate_burst = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(token_rate_per_second__isnull=True, token_rate_burst__isnull=True)
+                | models.Q(token_rate_per_second__gt=0, token_rate_burst__gte=1),
+                name="token_rate_set_whole_or_not_at_all",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
+
+    @property
+    def token_rate(self) -> Rate | None:
+        """The tenant's own rate, or None where the server's default applies."""
+        if self.token_rate_per_second is None or self.token_rate_burst is None:
+            return None
+        return Rate(self.token_rate_per_second, self.token_rate_burst)
 
 
 class Membership(models.Model):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from portal import rates
 from portal.env import SettingError, env, envbool, envbytes, envint, envlist, required
 from portal.storage_urls import storage_from_url
 
@@ -159,6 +160,18 @@ REAPI_WAITING_THREADS = envint("REAPI_WAITING_THREADS", 512)
 # How long a validated credential is trusted before the database is asked again: the bound on
 # how late a revocation takes effect on a running server.
 REAPI_CREDENTIAL_TTL_SECONDS = envint("REAPI_CREDENTIAL_TTL_SECONDS", 2)
+# Per credential and server process (reapi/limits.py): calls per second with a burst, unless
+# the tenant has its own (`manage.py tenant rate`), and streams open at once. The rate is above
+# what one process answers (bench/: ~3,800 GetActionResult/s), so it never slows one build.
+try:
+    REAPI_TOKEN_RATE = rates.parse(env("REAPI_TOKEN_RATE", "5000:10000"))
+except rates.RateError as exc:
+    raise SettingError(f"REAPI_TOKEN_RATE: {exc}") from None
+REAPI_TOKEN_STREAMS = envint("REAPI_TOKEN_STREAMS", 300)
+# Calls one thread pool of a server process lets wait for a thread; beyond, UNAVAILABLE at once.
+REAPI_MAX_QUEUED = envint("REAPI_MAX_QUEUED", 256)
+if REAPI_TOKEN_STREAMS < 1 or REAPI_MAX_QUEUED < 1:
+    raise SettingError("REAPI_TOKEN_STREAMS and REAPI_MAX_QUEUED must be at least 1")
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
 # A partial upload untouched this long is removed by the maintenance job (reapi/uploads.py).

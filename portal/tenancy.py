@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from portal import audit
+from portal import audit, rates
 from portal.models import CacheMode, Membership, Role, Tenant
 
 
@@ -63,6 +63,26 @@ def set_cache_mode(tenant: Tenant, mode: str, actor: User | None = None) -> Tena
             tenant.cache_mode = new_mode
             tenant.save(update_fields=["cache_mode"])
             audit.record("tenant.mode", tenant=tenant, actor=actor, old=old_mode, new=new_mode)
+    return tenant
+
+
+def set_token_rate(tenant: Tenant, rate: rates.Rate | None, actor: User | None = None) -> Tenant:
+    """The calls per second each credential of the tenant may make on a server process; None
+    for the server's REAPI_TOKEN_RATE. Running servers apply it as they refresh a credential
+    (REAPI_CREDENTIAL_TTL_SECONDS)."""
+    old = tenant.token_rate
+    if old != rate:
+        with transaction.atomic():
+            tenant.token_rate_per_second = rate.per_second if rate else None
+            tenant.token_rate_burst = rate.burst if rate else None
+            tenant.save(update_fields=["token_rate_per_second", "token_rate_burst"])
+            audit.record(
+                "tenant.rate",
+                tenant=tenant,
+                actor=actor,
+                old=str(old or rates.DEFAULT),
+                new=str(rate or rates.DEFAULT),
+            )
     return tenant
 
 

@@ -3,7 +3,7 @@
 The request path (docs/architecture.md): `x-aspect: aw_pat_…` or `authorization: Bearer <PAT>`. A PAT is checked
 for format and checksum before any lookup (a typo or random string costs no query), then found
 by its SHA-256. Validated credentials are cached for REAPI_CREDENTIAL_TTL_SECONDS, which bounds
-how late a revocation, an expiry or a cache-mode change reaches a running server.
+how late a revocation, an expiry, a cache-mode or a rate-limit change reaches a running server.
 """
 
 import logging
@@ -19,6 +19,7 @@ from django.utils import timezone
 from portal import audit, pats
 from portal.models import SCOPES, AccessToken
 from reapi.errors import PermissionDenied, Unauthenticated, Unavailable
+from reapi.limits import Caller
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Principal:
     username: str
     scopes: frozenset[str]
     expires_at: datetime | None
+    caller: Caller  # the credential as reapi/limits.py counts it, with the tenant's rate
     token_id: int | None = None
     token_prefix: str = ""
 
@@ -135,6 +137,12 @@ def _lookup(digest: str) -> Principal | Unauthenticated:
         # The REAPI scopes only: portal:admin opens the portal's REST API and grants nothing here.
         scopes=frozenset(s for s in token.scope_list if s in SCOPES),
         expires_at=token.expires_at,
+        caller=Caller(
+            key=f"pat:{token.id}",
+            tenant=token.tenant.slug,
+            label=f"token {token.prefix}…",
+            rate=token.tenant.token_rate,
+        ),
         token_id=token.id,
         token_prefix=token.prefix,
     )

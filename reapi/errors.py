@@ -47,6 +47,14 @@ class ResourceExhausted(ReapiError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class RateLimited(ResourceExhausted):
+    """A credential over one of its limits (reapi/limits.py); sent with a RetryInfo detail."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until the call may succeed
+
+
 class Cancelled(ReapiError):
     code = "CANCELLED"
 

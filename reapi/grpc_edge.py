@@ -1,4 +1,5 @@
-"""Where the REAPI core meets gRPC: status-code mapping, the auth interceptor, RPC wrappers.
+"""Where the REAPI core meets gRPC: status-code mapping, the interceptor that admits calls
+(load shedding, credentials, scopes, per-credential limits, thread pools), RPC wrappers.
 
 Every error the core raises is a reapi.errors.ReapiError; this module alone turns one into a
 gRPC status (whole RPC) or a google.rpc.Status (one item of a batch). Any other exception
@@ -9,16 +10,19 @@ details under a request id and tells the client only the kind of failure and tha
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from reapi import auth, faults, provenance
-from reapi.errors import FailedPrecondition, PermissionDenied, ReapiError
+from reapi.errors import FailedPrecondition, PermissionDenied, RateLimited, ReapiError, Unavailable
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from reapi.gen.google.rpc import status_pb2
+from reapi.gen.google.rpc import error_details_pb2, status_pb2
+from reapi.limits import Credential, Limiter, note_shed
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,8 @@ def rpc_status(err: ReapiError | None) -> status_pb2.Status:
 def abort(context: grpc.ServicerContext, err: ReapiError) -> NoReturn:
     if isinstance(err, FailedPrecondition) and err.missing:
         _attach_missing(context, err)
+    if isinstance(err, RateLimited):
+        _attach_retry_info(context, err)
     context.abort(status_code(err), err.message)
     raise AssertionError("unreachable")  # context.abort raises
 
@@ -121,6 +127,19 @@ def _attach_missing(context: grpc.ServicerContext, err: FailedPrecondition) -> N
     status = status_pb2.Status(
         code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=err.message, details=[detail]
     )
+    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+
+
+def _attach_retry_info(context: grpc.ServicerContext, err: RateLimited) -> None:
+    # google.rpc.RetryInfo: how long to wait before retrying, in the same trailer as the
+    # PreconditionFailure above; the Status it travels in repeats the call's code and message.
+    from google.protobuf import any_pb2
+
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromNanoseconds(max(1, int(err.retry_after * 1e9)))
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=status_code(err).value[0], message=err.message, details=[detail])
     context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
 
 
@@ -158,17 +177,6 @@ def streaming(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _deny(err: ReapiError, streaming_response: bool) -> Callable[..., Any]:
-    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        abort(context, err)
-
-    def refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        abort(context, err)
-        yield  # pragma: no cover
-
-    return refuse_stream if streaming_response else refuse
-
-
 # Short unary reads that touch local storage once or not at all (BatchReadBlobs opens 100
 # files, and would rather wait on a slow disk in parallel). Given a few threads of their own (see
 # AuthInterceptor), they run back to back on busy threads: in the main pool, sized for streams
@@ -197,24 +205,52 @@ WAITING_METHODS = frozenset(
 )
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates every call once, checks the method's scope, and hands the principal on.
+# Calls that hold their thread for as long as the client keeps them open: REAPI_TOKEN_STREAMS
+# caps how many of them one credential has running (WaitOperation is unary, but waits as long).
+STREAM_METHODS = WAITING_METHODS | {BS + "Read", BS + "Write"}
 
-    With `quick_pool`, the QUICK_METHODS run on that thread pool (grpc's per-handler
-    `experimental_thread_pool`) rather than the server's; with `waiting_pool`, the
-    WAITING_METHODS run on that one.
+HEALTH = "/grpc.health.v1.Health/"
+
+# What a stream needs to take one of its credential's slots (None: not a stream).
+Slot = tuple[Limiter, Credential] | None
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The thread pools of one server process, by the calls they run.
+
+    grpcio hands each admitted call to a pool's queue; a call waits there for a thread.
     """
 
-    def __init__(
-        self,
-        quick_pool: futures.ThreadPoolExecutor | None = None,
-        waiting_pool: futures.ThreadPoolExecutor | None = None,
-    ) -> None:
-        self.pools: dict[str, futures.ThreadPoolExecutor] = {}
-        if quick_pool is not None:
-            self.pools.update(dict.fromkeys(QUICK_METHODS, quick_pool))
-        if waiting_pool is not None:
-            self.pools.update(dict.fromkeys(WAITING_METHODS, waiting_pool))
+    main: futures.ThreadPoolExecutor  # every call not named below
+    refusals: futures.ThreadPoolExecutor  # refusals: they answer at once and read no request
+    health: futures.ThreadPoolExecutor  # grpc.health.v1 Check, which must answer under load
+    waiting: futures.ThreadPoolExecutor | None = None  # WAITING_METHODS, and health Watch
+    quick: futures.ThreadPoolExecutor | None = None  # QUICK_METHODS
+
+    def routes(self) -> dict[str, tuple[str, futures.ThreadPoolExecutor]]:
+        table = {HEALTH + "Check": ("health", self.health)}
+        if self.quick is not None:
+            table.update(dict.fromkeys(QUICK_METHODS, ("quick", self.quick)))
+        if self.waiting is not None:
+            table.update(dict.fromkeys(WAITING_METHODS | {HEALTH + "Watch"}, ("waiting", self.waiting)))
+        return table
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Admits every call: sheds it when its pool's queue is full, authenticates it once,
+    checks the method's scope and the credential's limits, and hands the principal on.
+
+    It runs where grpcio admits calls, one at a time, before a call has a thread: a refusal
+    here costs no thread of the pool it would have queued in (reapi/limits.py relies on the
+    one-at-a-time too).
+    """
+
+    def __init__(self, pools: Pools, limiter: Limiter | None = None, max_queued: int = 256) -> None:
+        self.pools = pools
+        self.limiter = limiter
+        self.max_queued = max_queued
+        self.routes = pools.routes()
 
     def intercept_service(
         self,
@@ -222,29 +258,71 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
+        if handler is None:
+            return None
         method = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
-            return handler
+        name, pool = self.routes.get(method, ("main", self.pools.main))
         try:
+            # Shed before anything else: a call that would queue behind this many is better
+            # answered now, so the client retries (elsewhere) before its deadline passes.
+            if pool._work_queue.qsize() >= self.max_queued:
+                note_shed(name, time.monotonic())
+                raise Unavailable(
+                    "this server process is overloaded (its queue of calls is full); retry shortly"
+                )
+            if method.startswith(PUBLIC_PREFIXES):
+                return _replace_behaviour(handler, _same, pool)
             who = auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
             if method not in METHOD_SCOPES:
                 raise PermissionDenied(f"method {method} is not served to credentials")
             scope = METHOD_SCOPES[method]
             if scope is not None:
                 who.require(scope)
+            slot = self._admit(who, method)
         except ReapiError as err:
-            refusal = err
-            return _replace_behaviour(handler, lambda _inner, streams: _deny(refusal, streams))
-        allowed = _replace_behaviour(handler, lambda inner, streams: _with_principal(inner, who, streams))
-        pool = self.pools.get(method)
-        if pool is not None:
-            behaviour = allowed.unary_unary or allowed.unary_stream
-            behaviour.experimental_thread_pool = pool  # type: ignore[union-attr]
-        return allowed
+            return self._refusal(err)
+        return _replace_behaviour(
+            handler, lambda inner, streams: _with_principal(inner, who, streams, slot), pool
+        )
+
+    def _admit(self, who: auth.Principal, method: str) -> Slot:
+        """Take a token from the credential's bucket; for a stream, what it needs for a slot."""
+        if self.limiter is None:
+            return None
+        state = self.limiter.admit(who.caller)
+        if method not in STREAM_METHODS:
+            return None
+        if self.limiter.streams_full(state):
+            raise self.limiter.streams_refusal(state, who.caller)
+        return self.limiter, state
+
+    def _refusal(self, err: ReapiError) -> grpc.RpcMethodHandler:
+        # Served as a client-streaming call whatever the method, so grpcio never waits for
+        # the request message (a slow client cannot hold the refusals' threads), and on
+        # threads of its own, so it does not queue behind the calls it refuses to add to.
+        def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            abort(context, err)
+
+        refuse.experimental_thread_pool = self.pools.refusals  # type: ignore[attr-defined]
+        return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def _same(inner: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+    """The behaviour unchanged, in a function of its own that can carry a thread pool."""
+    if streaming_response:
+
+        def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            yield from inner(request, context)
+
+        return run_stream
+    return lambda request, context: inner(request, context)
 
 
 def _with_principal(
-    inner: Callable[..., Any], who: auth.Principal, streaming_response: bool
+    inner: Callable[..., Any],
+    who: auth.Principal,
+    streaming_response: bool,
+    slot: Slot,
 ) -> Callable[..., Any]:
     if streaming_response:
 
@@ -252,30 +330,67 @@ def _with_principal(
             # Not reset afterwards: gRPC may close this generator from another thread, where
             # resetting would fail, and every call sets its own principal before it runs.
             _principal.set(who)
-            yield from inner(request, context)
+            ticket = _open_stream(slot, who, context)
+            try:
+                yield from inner(request, context)
+            finally:
+                _close_stream(slot, ticket)
 
         return run_stream
 
     def run(request: Any, context: grpc.ServicerContext) -> Any:
+        ticket = _open_stream(slot, who, context)
         token = _principal.set(who)
         try:
             return inner(request, context)
         finally:
             _principal.reset(token)
+            _close_stream(slot, ticket)
 
     return run
+
+
+def _open_stream(slot: Slot, who: auth.Principal, context: grpc.ServicerContext) -> int:
+    """Take one of the credential's stream slots (REAPI_TOKEN_STREAMS) for this call, or abort.
+
+    Taken here, when the call has its thread, and not at admission: grpcio never runs a call
+    whose client left while it was queued, and such a call would keep its slot for ever.
+    """
+    if slot is None:
+        return -1
+    limiter, state = slot
+    try:
+        ticket = limiter.open_stream(state, who.caller)
+    except RateLimited as err:
+        abort(context, err)
+    # However the call ends, also when the client leaves while a generator is suspended.
+    if not context.add_callback(lambda: limiter.close_stream(state, ticket)):
+        limiter.close_stream(state, ticket)
+    return ticket
+
+
+def _close_stream(slot: Slot, ticket: int) -> None:
+    if slot is not None:
+        slot[0].close_stream(slot[1], ticket)
 
 
 def _replace_behaviour(
     handler: grpc.RpcMethodHandler,
     make: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+    pool: futures.ThreadPoolExecutor,
 ) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour wrapped by `make`, to run on `pool` (grpcio's
+    per-behaviour experimental_thread_pool)."""
     des, ser = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(make(handler.unary_unary, False), des, ser)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(make(handler.unary_stream, True), des, ser)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(make(handler.stream_unary, False), des, ser)
-    assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(make(handler.stream_stream, True), des, ser)
+        behaviour = make(handler.unary_unary, False)
+        wrap: Callable[..., grpc.RpcMethodHandler] = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        behaviour, wrap = make(handler.unary_stream, True), grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        behaviour, wrap = make(handler.stream_unary, False), grpc.stream_unary_rpc_method_handler
+    else:
+        assert handler.stream_stream is not None
+        behaviour, wrap = make(handler.stream_stream, True), grpc.stream_stream_rpc_method_handler
+    behaviour.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return wrap(behaviour, des, ser)

@@ -27,6 +27,7 @@ from django.db import DatabaseError, close_old_connections
 from portal.models import CiIdentity, Membership
 from reapi.auth import CredentialCache, Principal
 from reapi.errors import Unauthenticated, Unavailable
+from reapi.limits import Caller
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,13 @@ def principal_for(claims: dict[str, Any]) -> Principal:
         username=first.user.get_username(),
         scopes=scopes,
         expires_at=expires,
+        # One bucket per OIDC subject, whichever of its (short-lived) tokens it presents.
+        caller=Caller(
+            key=f"oidc:{subject}",
+            tenant=first.tenant.slug,
+            label=f"OIDC subject {subject!r}",
+            rate=first.tenant.token_rate,
+        ),
         token_prefix=f"oidc:{first.name}"[:40],
     )
 

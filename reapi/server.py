@@ -22,7 +22,8 @@ from reapi.filestorage import BlobFileSystemStorage
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
-from reapi.grpc_edge import AuthInterceptor
+from reapi.grpc_edge import AuthInterceptor, Pools
+from reapi.limits import Limiter
 from reapi.operations_service import OperationsService
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ SERVICES = (
     "build.bazel.remote.execution.v2.Execution",
     "google.longrunning.Operations",
 )
+# Refused calls waiting for one of the refusal threads before grpcio refuses on its own.
+REFUSALS_IN_FLIGHT = 4096
 
 
 def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, int]:
@@ -49,20 +52,26 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
         ("grpc.so_reuseport", 1),
     ]
     waiting = settings.REAPI_WAITING_THREADS
+    queued = settings.REAPI_MAX_QUEUED
+    pools = Pools(
+        main=futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"reapi-{cluster}"),
+        refusals=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"reapi-{cluster}-refusals"),
+        health=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"reapi-{cluster}-health"),
+        waiting=futures.ThreadPoolExecutor(
+            max_workers=waiting, thread_name_prefix=f"reapi-{cluster}-waiting"
+        ),
+        quick=_quick_pool(cluster),
+    )
+    limiter = Limiter(settings.REAPI_TOKEN_RATE, settings.REAPI_TOKEN_STREAMS)
+    held = [p for p in (pools.main, pools.health, pools.waiting, pools.quick) if p is not None]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"reapi-{cluster}"),
-        interceptors=[
-            AuthInterceptor(
-                quick_pool=_quick_pool(cluster),
-                waiting_pool=futures.ThreadPoolExecutor(
-                    max_workers=waiting, thread_name_prefix=f"reapi-{cluster}-waiting"
-                ),
-            )
-        ],
+        pools.main,
+        interceptors=[AuthInterceptor(pools, limiter, max_queued=queued)],
         options=options,
-        # Beyond this, calls are refused with RESOURCE_EXHAUSTED rather than queued without
-        # bound behind busy threads.
-        maximum_concurrent_rpcs=threads * 8 + waiting,
+        # The interceptor sheds calls with UNAVAILABLE once a pool's queue holds REAPI_MAX_QUEUED,
+        # so this is only a last bound, on refusals piling up faster than their two threads
+        # answer them; grpcio answers past it with RESOURCE_EXHAUSTED, health checks included.
+        maximum_concurrent_rpcs=sum(p._max_workers + queued for p in held) + REFUSALS_IN_FLIGHT,
     )
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(cluster, exec_enabled=True), server)
     re_grpc.add_ContentAddressableStorageServicer_to_server(CasService(cluster), server)

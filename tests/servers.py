@@ -48,8 +48,15 @@ def manage(
 class ReapiServer:
     """`manage.py reapi serve` in a child process on a free loopback port."""
 
-    def __init__(self, cluster: str, env: dict[str, str] | None = None, processes: int = 1) -> None:
+    def __init__(
+        self,
+        cluster: str,
+        env: dict[str, str] | None = None,
+        processes: int = 1,
+        threads: int | None = None,
+    ) -> None:
         self.cluster = cluster
+        self.threads = threads
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
@@ -80,6 +87,7 @@ class ReapiServer:
                     self.address,
                     "--processes",
                     str(self.processes),
+                    *(("--threads", str(self.threads)) if self.threads else ()),
                 ],
                 cwd=ROOT,
                 env=self.env,

@@ -1,4 +1,4 @@
-"""`manage.py tenant create|mode|add-member` (a command-line contract: README)."""
+"""`manage.py tenant create|mode|rate|add-member` (a command-line contract: README)."""
 
 from typing import Any
 
@@ -6,12 +6,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal import tenancy
+from portal import rates, tenancy
 from portal.models import CacheMode, Role
 
 
 class Command(BaseCommand):
-    help = "Create tenants, change their cache mode, add members."
+    help = "Create tenants, change their cache mode or rate limit, add members."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -21,6 +21,9 @@ class Command(BaseCommand):
         mode = sub.add_parser("mode", help="set a tenant's cache mode")
         mode.add_argument("slug")
         mode.add_argument("mode", choices=CacheMode.values)
+        rate = sub.add_parser("rate", help="set the calls per second each of a tenant's credentials may make")
+        rate.add_argument("slug")
+        rate.add_argument("rate", metavar="RPS[:BURST]|default", help="e.g. 50, 50:100, or default")
         member = sub.add_parser("add-member", help="add a user (created if absent) to a tenant")
         member.add_argument("slug")
         member.add_argument("username")
@@ -34,6 +37,12 @@ class Command(BaseCommand):
             elif options["action"] == "mode":
                 tenant = tenancy.set_cache_mode(tenancy.get_tenant(options["slug"]), options["mode"])
                 self.stdout.write(f"tenant {tenant.slug} is now {tenant.cache_mode}")
+            elif options["action"] == "rate":
+                tenant = tenancy.get_tenant(options["slug"])
+                tenancy.set_token_rate(tenant, rates.parse_override(options["rate"]))
+                own = tenant.token_rate
+                described = own.describe() if own else f"{settings.REAPI_TOKEN_RATE.describe()} (the default)"
+                self.stdout.write(f"tenant {tenant.slug}: each credential may make {described}")
             else:
                 tenant = tenancy.get_tenant(options["slug"])
                 username = options["username"]
@@ -42,7 +51,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{m.user.get_username()} is {m.role} of {tenant.slug}")
                 if not existed:
                     self.stderr.write(no_login_yet(username, tenant.slug))
-        except tenancy.TenancyError as exc:
+        except (tenancy.TenancyError, rates.RateError) as exc:
             raise CommandError(str(exc)) from None
 
 
