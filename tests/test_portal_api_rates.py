@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from portal.models import AuditEvent, Tenant
 from tests.oidc import PortalServer
 from tests.tenants import Persona
-from tests.test_portal_api import logged_in, pat_session
+from tests.test_portal_api import API_SCOPES, logged_in, pat_session
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def portal() -> Iterator[PortalServer]:
 
 def test_a_superuser_sets_a_tenants_rate_and_its_admins_cannot(portal: PortalServer, acme: Persona) -> None:
     url = f"{portal.url}/api/v1/tenants/{acme.slug}/"
-    admin = pat_session(acme.pat())
+    admin = pat_session(acme.pat(scopes=API_SCOPES))
     assert admin.get(url).json()["token_rate"] is None  # the server's default
 
     lift = admin.patch(url, json={"token_rate": "100000"})
