@@ -17,7 +17,16 @@ from rest_framework.views import APIView
 
 from portal import bazelrc, invitations, tenancy, tokens
 from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
-from portal.models import TOKEN_SCOPES, AccessToken, CacheMode, Membership, Role
+from portal.models import (
+    MAX_CI_CONFIRMATIONS,
+    MIN_CI_CONFIRMATIONS,
+    TOKEN_SCOPES,
+    AccessToken,
+    CacheMode,
+    CiAccepts,
+    Membership,
+    Role,
+)
 
 
 def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess:
@@ -36,6 +45,16 @@ class TenantSerializer(serializers.Serializer):
     slug = serializers.SlugField(read_only=True)
     name = serializers.CharField(read_only=True)
     cache_mode = serializers.ChoiceField(choices=CacheMode.choices)
+    ci_accepts = serializers.ChoiceField(
+        choices=CiAccepts.choices,
+        help_text="pass-through: what CI takes of the action results workstations write (all, "
+        "confirmed: once CI or ci_confirmations distinct users wrote the identical result, none)",
+    )
+    ci_confirmations = serializers.IntegerField(
+        min_value=MIN_CI_CONFIRMATIONS,
+        max_value=MAX_CI_CONFIRMATIONS,
+        help_text="confirmed: distinct users whose identical results CI takes",
+    )
     role = serializers.ChoiceField(choices=Role.choices, read_only=True, help_text="the caller's role")
 
 
@@ -100,7 +119,14 @@ class InvitationSerializer(serializers.Serializer):
 
 def _tenant_data(acc: TenantAccess) -> dict[str, Any]:
     t = acc.tenant
-    return {"slug": t.slug, "name": t.name, "cache_mode": t.cache_mode, "role": acc.role}
+    return {
+        "slug": t.slug,
+        "name": t.name,
+        "cache_mode": t.cache_mode,
+        "ci_accepts": t.ci_accepts,
+        "ci_confirmations": t.ci_confirmations,
+        "role": acc.role,
+    }
 
 
 # --- Views --------------------------------------------------------------------------------------
@@ -121,13 +147,26 @@ class TenantDetail(APIView):
         return Response(_tenant_data(api_access(request, slug)))
 
     @extend_schema(
-        request=TenantSerializer, responses=TenantSerializer, summary="Set the cache mode (admins)"
+        request=TenantSerializer,
+        responses=TenantSerializer,
+        summary="Set the cache mode and what CI accepts from workstations (admins; any of the fields)",
     )
     def patch(self, request: Request, slug: str) -> Response:
         acc = api_access(request, slug, admin=True)
-        body = TenantSerializer(data=request.data)
+        body = TenantSerializer(data=request.data, partial=True)
         body.is_valid(raise_exception=True)
-        tenancy.set_cache_mode(acc.tenant, body.validated_data["cache_mode"], actor=acc.user)
+        data = body.validated_data
+        if not {"cache_mode", "ci_accepts", "ci_confirmations"} & set(data):
+            raise ValidationError("give cache_mode, ci_accepts or ci_confirmations")
+        if "cache_mode" in data:
+            tenancy.set_cache_mode(acc.tenant, data["cache_mode"], actor=acc.user)
+        if "ci_accepts" in data or "ci_confirmations" in data:
+            tenancy.set_ci_accepts(
+                acc.tenant,
+                data.get("ci_accepts", acc.tenant.ci_accepts),
+                data.get("ci_confirmations"),
+                actor=acc.user,
+            )
         return Response(_tenant_data(acc))
 
 

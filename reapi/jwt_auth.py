@@ -222,6 +222,8 @@ def principal_for(claims: dict[str, Any]) -> Principal:
         scopes=scopes,
         expires_at=expires,
         token_prefix=f"oidc:{first.name}"[:40],
+        ci_accepts=first.tenant.ci_accepts,
+        ci_confirmations=first.tenant.ci_confirmations,
     )
 
 
