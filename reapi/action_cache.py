@@ -253,14 +253,23 @@ class ActionCache:
         """A legacy entry (a bare ActionResult) as an entry with its origin, from its provenance:
         one database query, then the entry is rewritten with its header so no later read asks
         again. Nothing known of its writer: a workstation's with no votes."""
-        author = self.legacy_author(tenant, action) if self.legacy_author else None
+        try:
+            author = self.legacy_author(tenant, action) if self.legacy_author else None
+        except Exception:
+            # Unknown for now: not served to a reader that needs to know, asked again next time.
+            log.warning("could not look up who wrote the older action cache entry %s", key, exc_info=True)
+            return Entry(ac_entries.EXTERNAL, (), 0.0, data)
         if author is not None and not author.external:
             entry = Entry(ac_entries.INTERNAL, (), 0.0, data)
         else:
             entry = Entry(ac_entries.EXTERNAL, (author.voter,) if author else (), 0.0, data)
-        # Only the entry that was read: one an UpdateActionResult stored since then stays.
-        if self.store.get(key) == data:
-            self.store.put(key, ac_entries.encode(entry.origin, entry.voters, data, entry.written_at))
+        # Only the entry that was read: one an UpdateActionResult stored since then stays. Best
+        # effort: a read of read-only or full storage still answers, and asks again next time.
+        try:
+            if self.store.get(key) == data:
+                self.store.put(key, ac_entries.encode(entry.origin, entry.voters, data, entry.written_at))
+        except Exception:
+            log.warning("could not give the older action cache entry %s its header", key, exc_info=True)
         return entry
 
     def delete(self, tenant: str, action: Digest) -> None:
