@@ -10,6 +10,10 @@ when it is stored and again when it is read, since an older server may have stor
 Trees may arrive after it. One unfit to serve (a digest that is not a SHA-256, a Tree that does
 not parse, more entries than REAPI_MAX_RESULT_ENTRIES) is a miss and is dropped, logged; none
 of its digests ever becomes a storage key.
+
+Each entry is stored behind a header saying which cluster wrote it and, for a workstation's
+result, who (reapi.ac_entries); a read is served only what the reader's tenant lets its cluster
+take (`threshold`), decided from that header in the object already read.
 """
 
 import logging

@@ -148,6 +148,7 @@ def _commit(batch: list[_Pending]) -> None:
             .values_list("id", flat=True)
         )
         rows = {}
+        written = []
         for pending in batch:
             if pending.token_id is not None and pending.token_id not in live:
                 pending.error = Unauthenticated(
@@ -156,8 +157,10 @@ def _commit(batch: list[_Pending]) -> None:
                 continue
             # One row per entry: within a batch the last write wins, as in storage.
             rows[(pending.row.storage, pending.row.tenant, pending.row.action_hash)] = pending.row
+            written.append(pending.row)
+        # Every writer's vote, not just the last: each write added its user to the entry.
         votes = {}
-        for row in rows.values():
+        for row in written:
             if row.cluster == "external" and row.storage == VOTED_STORAGE and row.token_id is not None:
                 votes[(row.storage, row.tenant, row.action_hash, row.token_id)] = ActionVote(
                     storage=row.storage,

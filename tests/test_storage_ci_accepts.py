@@ -197,7 +197,7 @@ def test_a_different_ci_result_wins_for_everyone_and_the_conflict_is_listed(pt: 
     assert 'id="conflicts-table"' in html
     for shown in (
         action.hash[:12],
-        pt.persona.developer,
+        pt.persona.developer or "",
         pt.carol,
         pt.persona.admin,
         conflict.workstation_result[:12],
