@@ -235,8 +235,13 @@ class ActionCache:
 
     def _stored(self, key: str) -> tuple[Entry, re_pb2.ActionResult | None] | None:
         """The versioned entry under `key` and its result (None if it does not parse); None
-        when there is none, or only a legacy entry (whose writer a write does not look up)."""
-        data = self.store.get(key)
+        when there is none, or only a legacy entry (whose writer a write does not look up).
+        A storage that cannot be read counts as none: a write fails only where the put does."""
+        try:
+            data = self.store.get(key)
+        except Exception:
+            log.warning("could not read action cache entry %s before replacing it", key, exc_info=True)
+            return None
         entry = None if data is None else ac_entries.decode(data)
         if entry is None:
             return None
