@@ -1,6 +1,8 @@
 """Speed bench: our REAPI server with auth on, beside BuildGrid, on this machine.
 
     .venv/bin/python bench/run.py [--only ours,buildgrid,bare] [--processes 1,2] [--quick]
+        [--cluster external|internal] [--mode independent|pass-through]
+        [--ci-accepts all|confirmed|none] [--workloads GetActionResult,...]
 
 Starts each server on a free loopback port in a throw-away directory, runs the workloads of
 bench/workloads.py against it from client threads in this process, stops it, and prints one
@@ -50,32 +52,36 @@ def log(line: str) -> None:
 
 
 def measure_ours(
-    workdir: Path, processes: list[int], threads: int | None, quick: bool
+    workdir: Path, processes: list[int], threads: int | None, quick: bool, args: argparse.Namespace
 ) -> dict[str, list[dict]]:
     ours = servers.Ours(workdir)
     log("ours: migrating a throw-away database, creating a tenant and a PAT …")
-    ours.prepare()
+    ours.prepare(args.mode, args.ci_accepts)
     columns: dict[str, list[dict]] = {}
     for n in processes:
-        with ours.serve(n, threads) as running:
-            log(f"ours, {n} process{'es' if n > 1 else ''}: serving on {running.address} (auth on)")
+        with ours.serve(n, threads, args.cluster) as running:
+            log(
+                f"ours, {n} process{'es' if n > 1 else ''}: {args.cluster} cluster serving on "
+                f"{running.address} (auth on)"
+            )
             target = workloads.Target(running.address, ours.metadata)
-            columns[f"ours {n}p"] = [as_dict(r) for r in workloads.run_all(target, quick, log)]
+            results = workloads.run_all(target, quick, log, args.workloads)
+            columns[f"ours {n}p"] = [as_dict(r) for r in results]
     return columns
 
 
-def measure_bare(workdir: Path, quick: bool) -> list[dict]:
+def measure_bare(workdir: Path, quick: bool, only: list[str]) -> list[dict]:
     with servers.bare(workdir) as running:
         log(f"bare grpcio (dicts, no auth, no storage): serving on {running.address}")
-        results = workloads.run_all(workloads.Target(running.address), quick, log)
+        results = workloads.run_all(workloads.Target(running.address), quick, log, only)
     return [as_dict(r) for r in results]
 
 
-def measure_buildgrid(workdir: Path, quick: bool) -> tuple[str, list[dict]]:
+def measure_buildgrid(workdir: Path, quick: bool, only: list[str]) -> tuple[str, list[dict]]:
     version = servers.install_buildgrid(log)
     with servers.buildgrid(workdir) as running:
         log(f"BuildGrid {version}: serving on {running.address} (disk storage, no auth)")
-        results = workloads.run_all(workloads.Target(running.address), quick, log)
+        results = workloads.run_all(workloads.Target(running.address), quick, log, only)
     return version, [as_dict(r) for r in results]
 
 
@@ -145,12 +151,38 @@ def main() -> int:
         "--threads", type=int, help="our server's handler threads per process (default: its own)"
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument(
+        "--cluster",
+        choices=("external", "internal"),
+        default="external",
+        help="which cluster our server serves (default external; internal is CI's)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("independent", "pass-through"),
+        default="",
+        help="the bench tenant's cache mode (default: the tenant default, independent)",
+    )
+    parser.add_argument(
+        "--ci-accepts",
+        choices=("all", "confirmed", "none"),
+        default="",
+        help="what the bench tenant's CI accepts from workstations (default: the tenant default, all)",
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(workloads.WORKLOADS),
+        help=f"which workloads to run, of {','.join(workloads.WORKLOADS)} (default: all)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the throw-away data directory")
     args = parser.parse_args()
     processes = [int(p) for p in args.processes.split(",") if p.strip()]
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     if not only or only - {"ours", "buildgrid", "bare"}:
         parser.error(f"--only takes ours, buildgrid and bare, not {args.only!r}")
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not args.workloads or set(args.workloads) - set(workloads.WORKLOADS):
+        parser.error(f"--workloads takes {', '.join(workloads.WORKLOADS)}")
 
     started = time.time()
     workdir = servers.workdir()
@@ -165,14 +197,14 @@ def main() -> int:
     bg_error = ""
     try:
         if "ours" in only:
-            columns = measure_ours(workdir, processes, args.threads, args.quick)
+            columns = measure_ours(workdir, processes, args.threads, args.quick, args)
         if "buildgrid" in only:
             try:
-                bg_version, buildgrid = measure_buildgrid(workdir, args.quick)
+                bg_version, buildgrid = measure_buildgrid(workdir, args.quick, args.workloads)
             except servers.BuildGridUnavailable as exc:
                 bg_error = str(exc)
         if "bare" in only:
-            bare = measure_bare(workdir, args.quick)
+            bare = measure_bare(workdir, args.quick, args.workloads)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -206,6 +238,9 @@ def main() -> int:
                 "cores": os.cpu_count(),
                 "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "quick": args.quick,
+                "cluster": args.cluster,
+                "mode": args.mode or "independent",
+                "ci_accepts": args.ci_accepts or "all",
                 "ours": columns,
                 "buildgrid": {"version": bg_version, "results": buildgrid, "error": bg_error},
                 "bare_grpcio": bare,

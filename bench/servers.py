@@ -74,10 +74,16 @@ class Ours:
             raise RuntimeError(f"manage.py {command} {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done.stdout
 
-    def prepare(self) -> None:
+    def prepare(self, mode: str = "", ci_accepts: str = "") -> None:
+        """`mode`: the tenant's cache mode (default: the default, independent); `ci_accepts`:
+        what its CI accepts from workstations (default: the default, all)."""
         self.data_dir.mkdir(parents=True)
         self.manage("migrate", "--no-input", "-v0")
         self.manage("tenant", "create", self.TENANT)
+        if mode:
+            self.manage("tenant", "mode", self.TENANT, mode)
+        if ci_accepts:
+            self.manage("tenant", "ci-accepts", self.TENANT, ci_accepts)
         self.manage("tenant", "add-member", self.TENANT, "bencher", "--role", "admin")
         out = self.manage("token", "issue", "--tenant", self.TENANT, "--user", "bencher", "--name", "bench")
         self.pat = out.strip().splitlines()[-1]
@@ -86,7 +92,7 @@ class Ours:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-aspect", self.pat),)
 
-    def serve(self, processes: int, threads: int | None) -> "Running":
+    def serve(self, processes: int, threads: int | None, cluster: str = "external") -> "Running":
         port = free_port()
         argv = [
             sys.executable,
@@ -94,7 +100,7 @@ class Ours:
             "reapi",
             "serve",
             "--cluster",
-            "external",
+            cluster,
             "--listen",
             f"127.0.0.1:{port}",
             "--processes",

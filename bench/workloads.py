@@ -347,7 +347,12 @@ class Bench:
         return sum(counts) / elapsed
 
 
-def run_all(target: Target, quick: bool, log: Callable[[str], None]) -> list[Result]:
+WORKLOADS = ("ByteStream", "BatchUpdateBlobs", "BatchReadBlobs", "FindMissingBlobs", "GetActionResult")
+
+
+def run_all(
+    target: Target, quick: bool, log: Callable[[str], None], only: Sequence[str] = WORKLOADS
+) -> list[Result]:
     rounds = 2 if quick else 5
     bench = Bench(target, rounds)
     try:
@@ -363,6 +368,8 @@ def run_all(target: Target, quick: bool, log: Callable[[str], None]) -> list[Res
             ),
         ]
         for label, step in steps:
+            if label not in only:
+                continue
             t0 = time.perf_counter()
             got = step()
             log(

@@ -18,7 +18,18 @@ from rest_framework.views import APIView
 
 from portal import bazelrc, invitations, rates, tenancy, tokens
 from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
-from portal.models import DEFAULT_SCOPES, TOKEN_SCOPES, WRITE_SCOPES, AccessToken, CacheMode, Membership, Role
+from portal.models import (
+    DEFAULT_SCOPES,
+    MAX_CI_CONFIRMATIONS,
+    MIN_CI_CONFIRMATIONS,
+    TOKEN_SCOPES,
+    WRITE_SCOPES,
+    AccessToken,
+    CacheMode,
+    CiAccepts,
+    Membership,
+    Role,
+)
 
 
 def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess:
@@ -37,6 +48,18 @@ class TenantSerializer(serializers.Serializer):
     slug = serializers.SlugField(read_only=True)
     name = serializers.CharField(read_only=True)
     cache_mode = serializers.ChoiceField(choices=CacheMode.choices, required=False)
+    ci_accepts = serializers.ChoiceField(
+        choices=CiAccepts.choices,
+        required=False,
+        help_text="pass-through: what CI takes of the action results workstations write (all, "
+        "confirmed: once CI or ci_confirmations distinct users wrote the identical result, none)",
+    )
+    ci_confirmations = serializers.IntegerField(
+        min_value=MIN_CI_CONFIRMATIONS,
+        max_value=MAX_CI_CONFIRMATIONS,
+        required=False,
+        help_text="confirmed: distinct users whose identical results CI takes",
+    )
     token_rate = serializers.CharField(
         required=False,
         allow_null=True,
@@ -127,6 +150,8 @@ def _tenant_data(acc: TenantAccess) -> dict[str, Any]:
         "name": t.name,
         "cache_mode": t.cache_mode,
         "token_rate": str(rate) if rate else None,
+        "ci_accepts": t.ci_accepts,
+        "ci_confirmations": t.ci_confirmations,
         "role": acc.role,
     }
 
@@ -151,13 +176,15 @@ class TenantDetail(APIView):
     @extend_schema(
         request=TenantSerializer,
         responses=TenantSerializer,
-        summary="Set the cache mode (admins) or the rate limit (superusers)",
+        summary="Set the cache mode or what CI accepts from workstations (admins), or the rate limit (superusers)",
     )
     def patch(self, request: Request, slug: str) -> Response:
         acc = api_access(request, slug, admin=True)
-        body = TenantSerializer(data=request.data)
+        body = TenantSerializer(data=request.data, partial=True)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if not {"cache_mode", "ci_accepts", "ci_confirmations", "token_rate"} & set(data):
+            raise ValidationError("give cache_mode, ci_accepts, ci_confirmations or token_rate")
         new_rate = "token_rate" in data and data["token_rate"] != acc.tenant.token_rate
         # The limit protects the service from a tenant, so the tenant's own admins cannot lift it.
         if new_rate and not getattr(request.user, "is_superuser", False):
@@ -166,6 +193,13 @@ class TenantDetail(APIView):
             )
         if "cache_mode" in data:
             tenancy.set_cache_mode(acc.tenant, data["cache_mode"], actor=acc.user)
+        if "ci_accepts" in data or "ci_confirmations" in data:
+            tenancy.set_ci_accepts(
+                acc.tenant,
+                data.get("ci_accepts", acc.tenant.ci_accepts),
+                data.get("ci_confirmations"),
+                actor=acc.user,
+            )
         if new_rate:
             tenancy.set_token_rate(acc.tenant, data["token_rate"], actor=acc.user)
         return Response(_tenant_data(acc))

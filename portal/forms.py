@@ -8,7 +8,17 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 
 from portal import bazelrc, local_accounts, login_throttle, tenancy
-from portal.models import ADMIN_SCOPE, DEFAULT_SCOPES, SCOPES, CacheMode, Role, Tenant
+from portal.models import (
+    ADMIN_SCOPE,
+    DEFAULT_SCOPES,
+    MAX_CI_CONFIRMATIONS,
+    MIN_CI_CONFIRMATIONS,
+    SCOPES,
+    CacheMode,
+    CiAccepts,
+    Role,
+    Tenant,
+)
 
 SCOPE_CHOICES = [(s, s) for s in SCOPES]
 EXPIRY_CHOICES = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
@@ -130,6 +140,25 @@ class CacheModeForm(forms.Form):
             (CacheMode.PASS_THROUGH, "Pass-through: workstations share CI's cache, both ways"),
         ],
         widget=forms.RadioSelect,
+    )
+
+
+class CiAcceptsForm(forms.Form):
+    ci_accepts = forms.ChoiceField(
+        label="What CI accepts from workstations",
+        choices=[
+            (CiAccepts.ALL, "All: every result a workstation writes"),
+            (CiAccepts.CONFIRMED, "Confirmed: a workstation's result once it is confirmed"),
+            (CiAccepts.NONE, "None: no result a workstation writes"),
+        ],
+        widget=forms.RadioSelect,
+    )
+    ci_confirmations = forms.IntegerField(
+        label="Distinct users that confirm a result",
+        min_value=MIN_CI_CONFIRMATIONS,
+        max_value=MAX_CI_CONFIRMATIONS,
+        help_text=f"For confirmed: how many different users must have written identical results "
+        f"({MIN_CI_CONFIRMATIONS} to {MAX_CI_CONFIRMATIONS}).",
     )
 
 

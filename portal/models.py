@@ -3,6 +3,7 @@
 from datetime import datetime
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -26,6 +27,21 @@ class CacheMode(models.TextChoices):
     PASS_THROUGH = "pass-through", "Pass-through"
 
 
+class CiAccepts(models.TextChoices):
+    """What the internal (CI) cluster takes from results workstations wrote (README "What CI
+    accepts from workstations"). CAS blobs are always shared: they are verified by digest."""
+
+    ALL = "all", "All"
+    CONFIRMED = "confirmed", "Confirmed"
+    NONE = "none", "None"
+
+
+# `confirmed`: how many distinct users must have written identical results before CI takes one.
+DEFAULT_CI_CONFIRMATIONS = 2
+MIN_CI_CONFIRMATIONS = 2
+MAX_CI_CONFIRMATIONS = 20
+
+
 class Role(models.TextChoices):
     ADMIN = "admin", "Admin"
     DEVELOPER = "developer", "Developer"
@@ -35,6 +51,11 @@ class Tenant(models.Model):
     slug = models.SlugField(unique=True, max_length=63)
     name = models.CharField(max_length=200, blank=True)
     cache_mode = models.CharField(max_length=20, choices=CacheMode.choices, default=CacheMode.INDEPENDENT)
+    ci_accepts = models.CharField(max_length=20, choices=CiAccepts.choices, default=CiAccepts.ALL)
+    ci_confirmations = models.PositiveSmallIntegerField(
+        default=DEFAULT_CI_CONFIRMATIONS,
+        validators=[MinValueValidator(MIN_CI_CONFIRMATIONS), MaxValueValidator(MAX_CI_CONFIRMATIONS)],
+    )
     allow_non_expiring_tokens = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     # Calls per second, and the burst, each credential of the tenant may make on a gRPC server

@@ -7,7 +7,15 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from portal import audit, rates
-from portal.models import CacheMode, Membership, Role, Tenant
+from portal.models import (
+    MAX_CI_CONFIRMATIONS,
+    MIN_CI_CONFIRMATIONS,
+    CacheMode,
+    CiAccepts,
+    Membership,
+    Role,
+    Tenant,
+)
 
 
 class TenancyError(ValueError):
@@ -84,6 +92,46 @@ def set_token_rate(tenant: Tenant, rate: rates.Rate | None, actor: User | None =
                 new=str(rate or rates.DEFAULT),
             )
     return tenant
+
+
+def set_ci_accepts(
+    tenant: Tenant, accepts: str, confirmations: int | None = None, actor: User | None = None
+) -> Tenant:
+    """What the tenant's CI takes from workstations' results (README "What CI accepts from
+    workstations"); `confirmations`: the distinct users `confirmed` needs (unchanged if None).
+    Running servers follow within REAPI_CREDENTIAL_TTL_SECONDS; nothing in storage moves."""
+    try:
+        new = CiAccepts(accepts)
+    except ValueError:
+        choices = ", ".join(CiAccepts.values)
+        raise TenancyError(f"unknown setting {accepts!r} for what CI accepts (choose {choices})") from None
+    count = tenant.ci_confirmations if confirmations is None else confirmations
+    if not MIN_CI_CONFIRMATIONS <= count <= MAX_CI_CONFIRMATIONS:
+        raise TenancyError(
+            f"confirmations must be {MIN_CI_CONFIRMATIONS} to {MAX_CI_CONFIRMATIONS} distinct users, not {count}"
+        )
+    old, old_count = tenant.ci_accepts, tenant.ci_confirmations
+    if (old, old_count) != (new, count):
+        with transaction.atomic():
+            tenant.ci_accepts, tenant.ci_confirmations = new, count
+            tenant.save(update_fields=["ci_accepts", "ci_confirmations"])
+            audit.record(
+                "tenant.ci_accepts",
+                tenant=tenant,
+                actor=actor,
+                old=old,
+                new=str(new),
+                old_confirmations=old_count,
+                confirmations=count,
+            )
+    return tenant
+
+
+def describe_ci_accepts(tenant: Tenant) -> str:
+    """e.g. `none`, or `confirmed (by CI or 2 users)`."""
+    if tenant.ci_accepts == CiAccepts.CONFIRMED:
+        return f"confirmed (by CI or {tenant.ci_confirmations} users)"
+    return str(tenant.ci_accepts)
 
 
 def add_member(

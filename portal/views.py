@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from portal import audit, bazelrc, ci_identities, forms, invitations, tenancy, tokens, usage
 from portal.access import TenantAccess, access, signed_in, tenants_of, visible_tokens
 from portal.models import CiIdentity, Membership
+from reapi.models import ResultConflict
 
 TenantView = Callable[..., HttpResponseBase]
 
@@ -147,15 +148,56 @@ def tenant_home(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
 @tenant_view(admin=True)
 @require_http_methods(["GET", "POST"])
 def cache_mode(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
-    form = forms.CacheModeForm(request.POST or None, initial={"cache_mode": acc.tenant.cache_mode})
-    if request.method == "POST" and form.is_valid():
-        tenancy.set_cache_mode(acc.tenant, form.cleaned_data["cache_mode"], actor=acc.user)
+    tenant = acc.tenant
+    # Two forms on one page: a POST carries the fields of the one submitted.
+    accepts_posted = request.method == "POST" and "ci_accepts" in request.POST
+    mode_posted = request.method == "POST" and not accepts_posted
+    form = forms.CacheModeForm(
+        request.POST if mode_posted else None, initial={"cache_mode": tenant.cache_mode}
+    )
+    accepts_form = forms.CiAcceptsForm(
+        request.POST if accepts_posted else None,
+        initial={"ci_accepts": tenant.ci_accepts, "ci_confirmations": tenant.ci_confirmations},
+    )
+    if mode_posted and form.is_valid():
+        tenancy.set_cache_mode(tenant, form.cleaned_data["cache_mode"], actor=acc.user)
         messages.success(
             request,
-            f"Cache mode is now {acc.tenant.cache_mode}; running REAPI servers follow within seconds.",
+            f"Cache mode is now {tenant.cache_mode}; running REAPI servers follow within seconds.",
         )
-        return redirect("cache_mode", slug=acc.tenant.slug)
-    return page(request, acc, "cache_mode", form=form)
+        return redirect("cache_mode", slug=tenant.slug)
+    if accepts_posted and accepts_form.is_valid():
+        data = accepts_form.cleaned_data
+        tenancy.set_ci_accepts(tenant, data["ci_accepts"], data["ci_confirmations"], actor=acc.user)
+        messages.success(
+            request,
+            f"CI now accepts {tenancy.describe_ci_accepts(tenant)} from workstations; running REAPI "
+            "servers follow within seconds.",
+        )
+        return redirect("cache_mode", slug=tenant.slug)
+    return page(
+        request,
+        acc,
+        "cache_mode",
+        form=form,
+        accepts_form=accepts_form,
+        conflicts=[_conflict_rows(c) for c in ResultConflict.objects.filter(tenant=tenant)[:50]],
+    )
+
+
+def _conflict_rows(conflict: ResultConflict) -> dict[str, Any]:
+    """A conflict as the Cache mode page lists it: the outputs that differ, side by side."""
+    theirs = conflict.workstation_outputs.get("outputs", {})
+    ours = conflict.ci_outputs.get("outputs", {})
+    differing = [
+        (path, theirs.get(path, "absent"), ours.get(path, "absent"))
+        for path in sorted(set(theirs) | set(ours))
+        if theirs.get(path) != ours.get(path)
+    ]
+    their_exit, our_exit = conflict.workstation_outputs.get("exit_code"), conflict.ci_outputs.get("exit_code")
+    if their_exit != our_exit:
+        differing.insert(0, ("exit code", str(their_exit), str(our_exit)))
+    return {"c": conflict, "differing": differing}
 
 
 # --- CI runners (OIDC on gRPC) ---------------------------------------------------------------

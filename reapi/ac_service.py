@@ -2,7 +2,7 @@
 
 import grpc
 
-from reapi import clusters, digests, provenance, usage
+from reapi import clusters, conflicts, digests, provenance, usage
 from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
 from reapi.digests import Digest
@@ -37,6 +37,7 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
                 inline_stdout=request.inline_stdout,
                 inline_stderr=request.inline_stderr,
                 inline_files=frozenset(request.inline_output_files),
+                threshold=who.ci_threshold(self.cluster),
             )
         except NotFound:
             usage.add(who, self.cluster, usage.MISSES)
@@ -55,4 +56,6 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
             action,
             request.action_result,
             record=lambda: provenance.record(backend.alias, who.tenant, action, writer),
+            author=writer.author,
+            on_conflict=conflicts.recorder(who.tenant_id, action, who.username, who.token_prefix),
         )

@@ -10,12 +10,17 @@ when it is stored and again when it is read, since an older server may have stor
 Trees may arrive after it. One unfit to serve (a digest that is not a SHA-256, a Tree that does
 not parse, more entries than REAPI_MAX_RESULT_ENTRIES) is a miss and is dropped, logged; none
 of its digests ever becomes a storage key.
+
+Each entry is stored behind a header saying which cluster wrote it and, for a workstation's
+result, who (reapi.ac_entries); a read is served only what the reader's tenant lets its cluster
+take (`threshold`), decided from that header in the object already read.
 """
 
 import logging
 from collections.abc import Callable
 
-from reapi import digests, messages
+from reapi import ac_entries, digests, messages
+from reapi.ac_entries import Author, Entry
 from reapi.blobstore import BlobStore
 from reapi.cas import Cas
 from reapi.digests import Digest
@@ -27,12 +32,22 @@ log = logging.getLogger(__name__)
 INLINE_LIMIT = 1024 * 1024
 
 
+# Who wrote a legacy entry (stored before entries carried their origin), from its provenance;
+# None when nothing says (reapi.provenance.legacy_author).
+LegacyAuthor = Callable[[str, Digest], Author | None]
+# Told when CI's result replaces a different one a workstation wrote: (theirs, their result, CI's).
+OnConflict = Callable[[Entry, re_pb2.ActionResult, re_pb2.ActionResult], None]
+
+
 class ActionCache:
-    def __init__(self, store: BlobStore, cas: Cas, max_entries: int) -> None:
+    def __init__(
+        self, store: BlobStore, cas: Cas, max_entries: int, legacy_author: LegacyAuthor | None = None
+    ) -> None:
         self.store = store
         self.cas = cas
         # REAPI_MAX_RESULT_ENTRIES: see reapi.messages.Budget.
         self.max_entries = max_entries
+        self.legacy_author = legacy_author
 
     def get(
         self,
@@ -41,13 +56,33 @@ class ActionCache:
         inline_stdout: bool = False,
         inline_stderr: bool = False,
         inline_files: frozenset[str] = frozenset(),
+        threshold: int = 0,
     ) -> re_pb2.ActionResult:
+        """The result stored for `action`, if the reader may be served it: `threshold` is how
+        many distinct workstation users must have written a workstation's result
+        (Principal.ci_threshold; 0 takes every entry). One storage read either way."""
         key = digests.ac_key(tenant, action)
         data = self.store.get(key)
         if data is None:
             raise NotFound(f"no action result for {action}")
         try:
-            result = messages.parse_result(data)
+            if not ac_entries.is_legacy(data):
+                payload = ac_entries.payload_for(data, threshold)
+            elif threshold:
+                entry = self._legacy(key, tenant, action, data)
+                payload = entry.payload if entry.accepted(threshold) else None
+            else:
+                payload = data
+        except ValueError:
+            self._drop(key, data, "its header is cut short")
+            raise NotFound(f"the action result for {action} was unusable and is dropped") from None
+        if payload is None:
+            raise NotFound(
+                f"the action result for {action} was written by a workstation, and this tenant's "
+                "CI does not take it (yet)"
+            )
+        try:
+            result = messages.parse_result(payload)
             missing = self.missing_blobs(tenant, result)
         except InvalidArgument as exc:
             # Stored by an older server, or its Tree uploaded after it: never served, and
@@ -136,11 +171,20 @@ class ActionCache:
         action: Digest,
         result: re_pb2.ActionResult,
         record: Callable[[], None] | None = None,
+        author: Author | None = None,
+        on_conflict: OnConflict | None = None,
     ) -> re_pb2.ActionResult:
         """Store `result`; `record` (provenance) runs once it is valid, before it is visible.
 
         Its Trees already in the CAS are checked now (Bazel uploads outputs first); one that
         arrives later is checked when the entry is read (get).
+
+        `author` (default: written through the internal cluster) decides the entry's header
+        (reapi.ac_entries). A workstation's result identical to the workstation result stored
+        adds its user's vote; one beside a servable CI result is not stored (CI's stays and
+        serves the workstation too); otherwise it replaces what was there. CI's result always
+        replaces what was there; if that was a different workstation result, `on_conflict`
+        hears of it once CI's is stored.
         """
         budget = messages.Budget(self.max_entries)
         refs = messages.check_result(result, budget)
@@ -148,14 +192,111 @@ class ActionCache:
             tree = self._tree(tenant, field, tree_digest)
             if tree is not None:
                 messages.check_tree(tree, field, budget)
-        data = result.SerializeToString(deterministic=True)
+        payload = result.SerializeToString(deterministic=True)
+        author = author or Author(external=False)
+        key = digests.ac_key(tenant, action)
+        existing = self._stored(key)
+        conflict = None
+        if author.external:
+            voters: tuple[ac_entries.Voter, ...] = (author.voter,)
+            if (
+                existing is not None
+                and existing[0].origin == ac_entries.INTERNAL
+                and self._servable(tenant, existing[1])
+            ):
+                return result
+            if (
+                existing is not None
+                and existing[0].origin == ac_entries.EXTERNAL
+                and existing[1] is not None
+                and ac_entries.fingerprint(existing[1]) == ac_entries.fingerprint(result)
+            ):
+                voters = ac_entries.with_voter(existing[0].voters, author)
+            data = ac_entries.encode(ac_entries.EXTERNAL, voters, payload)
+        else:
+            if (
+                on_conflict is not None
+                and existing is not None
+                and existing[0].origin == ac_entries.EXTERNAL
+                and existing[1] is not None
+                and ac_entries.fingerprint(existing[1]) != ac_entries.fingerprint(result)
+            ):
+                conflict = (existing[0], existing[1])
+            data = ac_entries.encode(ac_entries.INTERNAL, (), payload)
         self.cas.quota.admit(tenant, len(data))
         if record is not None:
             # First the record of who wrote it, then the entry: no entry is ever visible
             # without it, so a purge of the writer's token cannot miss one.
             record()
-        self.store.put(digests.ac_key(tenant, action), data)
+        self.store.put(key, data)
+        if conflict is not None and on_conflict is not None:
+            on_conflict(conflict[0], conflict[1], result)
         return result
+
+    def _stored(self, key: str) -> tuple[Entry, re_pb2.ActionResult | None] | None:
+        """The versioned entry under `key` and its result (None if it does not parse); None
+        when there is none, or only a legacy entry (whose writer a write does not look up).
+        A storage that cannot be read counts as none: a write fails only where the put does."""
+        try:
+            data = self.store.get(key)
+        except Exception:
+            log.warning("could not read action cache entry %s before replacing it", key, exc_info=True)
+            return None
+        entry = None if data is None else ac_entries.decode(data)
+        if entry is None:
+            return None
+        try:
+            return entry, messages.parse_result(entry.payload)
+        except InvalidArgument:
+            return entry, None
+
+    def _servable(self, tenant: str, result: re_pb2.ActionResult | None) -> bool:
+        if result is None:
+            return False
+        try:
+            return not self.missing_blobs(tenant, result)
+        except InvalidArgument:
+            return False
+
+    def _legacy(self, key: str, tenant: str, action: Digest, data: bytes) -> Entry:
+        """A legacy entry (a bare ActionResult) as an entry with its origin, from its provenance:
+        one database query, then the entry is rewritten with its header so no later read asks
+        again. Nothing known of its writer: a workstation's with no votes."""
+        try:
+            author = self.legacy_author(tenant, action) if self.legacy_author else None
+        except Exception:
+            # Unknown for now: not served to a reader that needs to know, asked again next time.
+            log.warning("could not look up who wrote the older action cache entry %s", key, exc_info=True)
+            return Entry(ac_entries.EXTERNAL, (), 0.0, data)
+        if author is not None and not author.external:
+            entry = Entry(ac_entries.INTERNAL, (), 0.0, data)
+        else:
+            entry = Entry(ac_entries.EXTERNAL, (author.voter,) if author else (), 0.0, data)
+        # Only the entry that was read: one an UpdateActionResult stored since then stays. Best
+        # effort: a read of read-only or full storage still answers, and asks again next time.
+        try:
+            if self.store.get(key) == data:
+                self.store.put(key, ac_entries.encode(entry.origin, entry.voters, data, entry.written_at))
+        except Exception:
+            log.warning("could not give the older action cache entry %s its header", key, exc_info=True)
+        return entry
 
     def delete(self, tenant: str, action: Digest) -> None:
         self.store.delete(digests.ac_key(tenant, action))
+
+    def withdraw(self, tenant: str, action: Digest, token_id: int) -> bool:
+        """Take a token's vote off the workstation result stored for `action` (a purge): the
+        entry goes when no vote is left. True if the entry changed."""
+        key = digests.ac_key(tenant, action)
+        data = self.store.get(key)
+        entry = None if data is None else ac_entries.decode(data)
+        if entry is None or entry.origin != ac_entries.EXTERNAL:
+            return False
+        voters = ac_entries.without_token(entry.voters, token_id)
+        if voters == entry.voters:
+            return False
+        if voters:
+            self.store.put(key, ac_entries.encode(entry.origin, voters, entry.payload, entry.written_at))
+        else:
+            self.store.delete(key)
+        return True

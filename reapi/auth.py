@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from portal import audit, pats
 from portal.models import SCOPES, AccessToken
+from reapi import ac_entries
 from reapi.errors import PermissionDenied, Unauthenticated, Unavailable
 from reapi.limits import Caller
 
@@ -38,6 +39,19 @@ class Principal:
     caller: Caller  # the credential as reapi/limits.py counts it, with the tenant's rate
     token_id: int | None = None
     token_prefix: str = ""
+    # What the tenant's CI takes from workstations' results (portal.models.CiAccepts), carried
+    # like the cache mode so a change reaches running servers within the credential TTL.
+    ci_accepts: str = "all"
+    ci_confirmations: int = 2
+
+    def ci_threshold(self, cluster: str) -> int:
+        """How many distinct workstation users must have written a result before a reader on
+        `cluster` is served it (reapi.ac_entries.accepted): 0 takes every result."""
+        if cluster != "internal" or self.ci_accepts == "all":
+            return 0
+        if self.ci_accepts == "confirmed":
+            return self.ci_confirmations
+        return ac_entries.NEVER
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -145,6 +159,8 @@ def _lookup(digest: str) -> Principal | Unauthenticated:
         ),
         token_id=token.id,
         token_prefix=token.prefix,
+        ci_accepts=token.tenant.ci_accepts,
+        ci_confirmations=token.tenant.ci_confirmations,
     )
 
 

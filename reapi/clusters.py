@@ -6,8 +6,12 @@ Cache modes (docs/architecture.md, README): in `independent` each cluster keeps 
 hits for workstations at once and the other way round. The mode comes with the credential,
 re-read from the database every REAPI_CREDENTIAL_TTL_SECONDS, so a switch reaches running
 servers within seconds and loses nothing: each storage is left as it was.
+
+Within the internal storage, what the internal cluster is served of workstations' results is
+the tenant's `ci_accepts` setting, decided per entry as it is read (reapi.ac_entries).
 """
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +60,15 @@ def backend(alias: str) -> Backend:
     with _lock:
         if alias not in _backends:
             store = make_store(alias)
+            from reapi import provenance  # it reaches the database models
+
             cas = Cas(store, max_batch_bytes(), quota=Gate(alias.removeprefix("reapi-")))
-            action_cache = ActionCache(store, cas, settings.REAPI_MAX_RESULT_ENTRIES)
+            action_cache = ActionCache(
+                store,
+                cas,
+                settings.REAPI_MAX_RESULT_ENTRIES,
+                legacy_author=functools.partial(provenance.legacy_author, alias),
+            )
             _backends[alias] = Backend(alias, store, cas, action_cache)
         return _backends[alias]
 

@@ -230,6 +230,8 @@ def principal_for(claims: dict[str, Any]) -> Principal:
             rate=first.tenant.token_rate,
         ),
         token_prefix=f"oidc:{first.name}"[:40],
+        ci_accepts=first.tenant.ci_accepts,
+        ci_confirmations=first.tenant.ci_confirmations,
     )
 
 

@@ -99,3 +99,61 @@ class ActionProvenance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant}/ac/{self.action_hash[:12]} by {self.token_prefix or '?'}"
+
+
+class ActionVote(models.Model):
+    """A workstation token's vote for the result stored under one action in CI's storage.
+
+    In pass-through, a result written through the external cluster carries the (user, token)
+    of every workstation that wrote an identical result (reapi.ac_entries); with `confirmed`
+    CI takes it once enough distinct users did. The entry itself is what the read path
+    consults; these rows only let a purge find the entries a token voted for without being
+    their last writer (ActionProvenance), so its vote is withdrawn there too.
+    """
+
+    storage = models.CharField(max_length=40)
+    tenant = models.CharField(max_length=63)
+    action_hash = models.CharField(max_length=64)
+    action_size = models.BigIntegerField()
+    token_id = models.BigIntegerField(db_index=True)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    written_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["storage", "tenant", "action_hash", "token_id"], name="reapi_one_vote_per_token"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/ac/{self.action_hash[:12]} voted by token {self.token_id}"
+
+
+class ResultConflict(models.Model):
+    """CI wrote a result for an action that differs from the one workstations had stored for it
+    (other output digests or exit code): CI's replaced it for everyone. A reproducibility bug,
+    listed on the Cache mode page with both writers and both results."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="result_conflicts")
+    action_hash = models.CharField(max_length=64)
+    action_size = models.BigIntegerField()
+    # The workstation side: every user who had written that result, and when the last did.
+    workstation_users = models.CharField(max_length=500, blank=True)
+    workstation_tokens = models.CharField(max_length=200, blank=True)
+    workstation_written_at = models.DateTimeField(null=True, blank=True)
+    workstation_result = models.CharField(max_length=90, help_text="digest of the ActionResult")
+    workstation_outputs = models.JSONField(default=dict)
+    # The CI side.
+    ci_user = models.CharField(max_length=150, blank=True)
+    ci_token = models.CharField(max_length=40, blank=True)
+    ci_result = models.CharField(max_length=90)
+    ci_outputs = models.JSONField(default=dict)
+    detected_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-detected_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "-detected_at"], name="reapi_conflict_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}: {self.action_hash[:12]} at {self.detected_at:%Y-%m-%d %H:%M}"

@@ -14,6 +14,12 @@ starts after the revocation has committed, so every record it must find was comm
 it began: the revocation waits for the token row lock. What is left is a call whose record
 committed just before the revocation and whose entry is stored just after the purge deleted
 it; the purge therefore deletes again after PURGE_SETTLE_SECONDS, longer than one storage put.
+
+Votes. In pass-through, a workstation's result in CI's storage carries every (user, token) that
+wrote an identical result (reapi.ac_entries), and `confirmed` serves it to CI once enough
+distinct users did. Such a write also records an ActionVote in the same transaction, so a purge
+finds the entries the token vouched for without being their last writer and withdraws its vote
+there (an entry left with no vote goes).
 """
 
 import logging
@@ -28,9 +34,10 @@ from django.utils import timezone
 
 from portal import audit
 from portal.models import AccessToken
+from reapi.ac_entries import Author
 from reapi.digests import Digest
 from reapi.errors import Unauthenticated
-from reapi.models import ActionProvenance
+from reapi.models import ActionProvenance, ActionVote
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,15 @@ class Writer:
     # What Bazel says the action is (Bazel 5 and later send them): shown on the Workers page.
     action_mnemonic: str = ""
     target_id: str = ""
+
+    @property
+    def author(self) -> Author:
+        """As the action cache's entry header records it."""
+        return Author(self.cluster == "external", self.user_id or 0, self.token_id or 0)
+
+
+# Where a workstation's write is a vote CI may count: the internal storage (pass-through).
+VOTED_STORAGE = "reapi-internal"
 
 
 @dataclass
@@ -135,6 +151,7 @@ def _commit(batch: list[_Pending]) -> None:
             .values_list("id", flat=True)
         )
         rows = {}
+        written = []
         for pending in batch:
             if pending.token_id is not None and pending.token_id not in live:
                 pending.error = Unauthenticated(
@@ -143,6 +160,27 @@ def _commit(batch: list[_Pending]) -> None:
                 continue
             # One row per entry: within a batch the last write wins, as in storage.
             rows[(pending.row.storage, pending.row.tenant, pending.row.action_hash)] = pending.row
+            written.append(pending.row)
+        # Every writer's vote, not just the last: each write added its user to the entry.
+        votes = {}
+        for row in written:
+            if row.cluster == "external" and row.storage == VOTED_STORAGE and row.token_id is not None:
+                votes[(row.storage, row.tenant, row.action_hash, row.token_id)] = ActionVote(
+                    storage=row.storage,
+                    tenant=row.tenant,
+                    action_hash=row.action_hash,
+                    action_size=row.action_size,
+                    token_id=row.token_id,
+                    user_id=row.user_id,
+                    written_at=row.written_at,
+                )
+        if votes:
+            ActionVote.objects.bulk_create(
+                list(votes.values()),
+                update_conflicts=True,
+                unique_fields=["storage", "tenant", "action_hash", "token_id"],
+                update_fields=["action_size", "user_id", "written_at"],
+            )
         ActionProvenance.objects.bulk_create(
             list(rows.values()),
             update_conflicts=True,
@@ -199,18 +237,56 @@ def purge_token(token_id: int, settle_seconds: float = PURGE_SETTLE_SECONDS) -> 
             ids.append(row.id)
         return ids
 
+    def withdraw_votes(since: timedelta | None) -> int:
+        rows = ActionVote.objects.filter(token_id=token_id)
+        if since is not None:
+            rows = rows.filter(written_at__gte=started - since)
+        changed = 0
+        for row in rows.iterator():
+            changed += clusters.backend(row.storage).action_cache.withdraw(
+                row.tenant, Digest(row.action_hash, row.action_size), token_id
+            )
+        return changed
+
     ids = delete_entries(None)
+    withdrawn = withdraw_votes(None)
     if settle_seconds > 0:
         time.sleep(settle_seconds)
         # Only writes recorded just before the revocation can have been stored after the
         # first pass; a minute's margin covers clocks between servers.
         delete_entries(timedelta(minutes=1))
+        withdrawn += withdraw_votes(timedelta(minutes=1))
     # Rows rewritten by another token since the first pass are not this token's any more.
     for i in range(0, len(ids), BATCH_LIMIT):
         ActionProvenance.objects.filter(id__in=ids[i : i + BATCH_LIMIT], token_id=token_id).delete()
+    ActionVote.objects.filter(token_id=token_id).delete()
     if token is not None:
-        audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids))
+        if withdrawn:  # only where there were any: the event reads as before otherwise
+            audit.record(
+                "token.purge",
+                tenant=token.tenant,
+                token_prefix=token.prefix,
+                entries=len(ids),
+                votes_withdrawn=withdrawn,
+            )
+        else:
+            audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids))
     return len(ids)
+
+
+def legacy_author(storage: str, tenant: str, action: Digest) -> Author | None:
+    """Who last wrote an entry stored before entries carried their origin, from its provenance
+    record; None if there is none (reapi.action_cache.ActionCache._legacy)."""
+    close_old_connections()
+    row = (
+        ActionProvenance.objects.filter(storage=storage, tenant=tenant, action_hash=action.hash)
+        .values_list("cluster", "user_id", "token_id")
+        .first()
+    )
+    if row is None:
+        return None
+    cluster, user_id, token_id = row
+    return Author(cluster == "external", user_id or 0, token_id or 0)
 
 
 def written_by(token_id: int) -> list[ActionProvenance]:

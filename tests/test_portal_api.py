@@ -276,3 +276,43 @@ def test_a_token_made_without_scopes_gets_the_default_set_and_both_snippets(
     assert again.status_code == 400
     assert "already has an active token named 'workstation'" in again.json()["detail"]
     assert AccessToken.objects.filter(tenant=acme.tenant, name__iexact="workstation").count() == 1
+
+
+def test_an_admin_sets_what_ci_accepts_and_running_servers_follow(
+    portal: PortalServer, acme: Persona, external_server: ReapiServer, internal_server: ReapiServer
+) -> None:
+    from tests.storage_helpers import action_with_outputs, within
+
+    api = pat_session(acme.pat(scopes=API_SCOPES))
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}"
+    tenant = api.get(f"{base}/").json()
+    assert (tenant["ci_accepts"], tenant["ci_confirmations"]) == ("all", 2)
+    assert api.patch(f"{base}/", json={"cache_mode": "pass-through"}).json()["ci_accepts"] == "all"
+    ws = Client(external_server.channel(), acme.pat(acme.developer))
+    ci = Client(internal_server.channel(), acme.pat(acme.admin))
+    action, result = action_with_outputs(ws, b"a workstation's output")
+    ws.update_action_result(action, result)
+    assert ci.get_action_result(action) == result
+
+    def ci_hit() -> bool:
+        try:
+            ci.get_action_result(action)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return False
+        return True
+
+    reply = api.patch(f"{base}/", json={"ci_accepts": "none"})
+    assert reply.status_code == 200 and reply.json()["ci_accepts"] == "none"
+    within(5.0, lambda: True if not ci_hit() else None)
+    reply = api.patch(f"{base}/", json={"ci_accepts": "confirmed", "ci_confirmations": 3})
+    assert (reply.json()["ci_accepts"], reply.json()["ci_confirmations"]) == ("confirmed", 3)
+    assert api.patch(f"{base}/", json={"ci_accepts": "some"}).status_code == 400
+    assert api.patch(f"{base}/", json={"ci_confirmations": 1}).status_code == 400
+    assert api.patch(f"{base}/", json={}).status_code == 400
+    assert api.patch(f"{base}/", json={"ci_accepts": "all"}).json()["ci_confirmations"] == 3
+    within(5.0, lambda: True if ci_hit() else None)
+    stored = Tenant.objects.get(pk=acme.tenant.pk)
+    assert (stored.cache_mode, stored.ci_accepts, stored.ci_confirmations) == ("pass-through", "all", 3)
+    developer = pat_session(acme.pat(acme.developer, scopes=",".join(SCOPES)))
+    assert developer.patch(f"{base}/", json={"ci_accepts": "all"}).status_code == 403

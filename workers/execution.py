@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from reapi import clusters, faults, provenance
+from reapi import ac_entries, clusters, conflicts, faults, provenance
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, Internal, InvalidArgument, ReapiError, Unauthenticated
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -178,11 +178,19 @@ def _execute_in(
     if outcome.exit_code == 0 and not action.do_not_cache:
         # ... then the action cache, recorded as written by the requester's token.
         record = None
+        author = ac_entries.Author(op.cluster == "external")
+        on_conflict = None
         if op.requested_by:
             writer = provenance.Writer(**op.requested_by)
             record = lambda: provenance.record(backend.alias, tenant, action_digest, writer)  # noqa: E731
+            author = writer.author
+            on_conflict = conflicts.recorder(
+                op.tenant_id, action_digest, writer.username, writer.token_prefix
+            )
         try:
-            backend.action_cache.put(tenant, action_digest, result, record=record)
+            backend.action_cache.put(
+                tenant, action_digest, result, record=record, author=author, on_conflict=on_conflict
+            )
         except Unauthenticated as exc:
             # The requester's token was revoked while the action ran: its result is returned
             # to the client but not cached, so a purge of that token has nothing to miss.

@@ -95,7 +95,7 @@ def submit(
     timeout_of(action_msg)
     if not skip_cache_lookup and not action_msg.do_not_cache:
         try:
-            result = backend.action_cache.get(who.tenant, action)
+            result = backend.action_cache.get(who.tenant, action, threshold=who.ci_threshold(cluster))
         except NotFound:
             pass
         else:

@@ -1,4 +1,4 @@
-"""`manage.py tenant create|mode|rate|add-member` (a command-line contract: README)."""
+"""`manage.py tenant create|mode|rate|ci-accepts|add-member` (a command-line contract: README)."""
 
 from typing import Any
 
@@ -7,11 +7,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal import rates, tenancy
-from portal.models import CacheMode, Role
+from portal.models import MAX_CI_CONFIRMATIONS, MIN_CI_CONFIRMATIONS, CacheMode, CiAccepts, Role
 
 
 class Command(BaseCommand):
-    help = "Create tenants, change their cache mode or rate limit, add members."
+    help = "Create tenants, change their cache mode, rate limit or what CI accepts from workstations, add members."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -24,6 +24,22 @@ class Command(BaseCommand):
         rate = sub.add_parser("rate", help="set the calls per second each of a tenant's credentials may make")
         rate.add_argument("slug")
         rate.add_argument("rate", metavar="RPS[:BURST]|default", help="e.g. 50, 50:100, or default")
+        accepts = sub.add_parser(
+            "ci-accepts",
+            help="set what CI accepts of the action results workstations write (pass-through)",
+            description="all: every workstation result is CI's hit (the default). confirmed: only "
+            "once CI wrote the identical result, or --users distinct users did. none: never; "
+            "CI's results still reach workstations, and CAS blobs stay shared.",
+        )
+        accepts.add_argument("slug")
+        accepts.add_argument("accepts", choices=CiAccepts.values)
+        accepts.add_argument(
+            "--users",
+            type=int,
+            metavar="N",
+            help=f"confirmed: distinct users whose identical results CI takes "
+            f"({MIN_CI_CONFIRMATIONS}-{MAX_CI_CONFIRMATIONS}; default: unchanged, 2 for a new tenant)",
+        )
         member = sub.add_parser("add-member", help="add a user (created if absent) to a tenant")
         member.add_argument("slug")
         member.add_argument("username")
@@ -43,6 +59,14 @@ class Command(BaseCommand):
                 own = tenant.token_rate
                 described = own.describe() if own else f"{settings.REAPI_TOKEN_RATE.describe()} (the default)"
                 self.stdout.write(f"tenant {tenant.slug}: each credential may make {described}")
+            elif options["action"] == "ci-accepts":
+                tenant = tenancy.set_ci_accepts(
+                    tenancy.get_tenant(options["slug"]), options["accepts"], options["users"]
+                )
+                # e.g. "tenant acme: CI accepts none from workstations"
+                self.stdout.write(
+                    f"tenant {tenant.slug}: CI accepts {tenancy.describe_ci_accepts(tenant)} from workstations"
+                )
             else:
                 tenant = tenancy.get_tenant(options["slug"])
                 username = options["username"]
