@@ -127,6 +127,14 @@ class BazelrcForm(forms.Form):
         max_value=bazelrc.MAX_TIMEOUT,
         initial=bazelrc.Options.timeout,
     )
+    downloader = forms.BooleanField(
+        label=(
+            "Remote downloader: external dependencies (http_archive, http_file) through the cache, "
+            "also while their origin is down (--experimental_remote_downloader; downloading new ones "
+            "needs a token with cas:write)"
+        ),
+        required=False,
+    )
 
 
 class CiIdentityForm(forms.Form):

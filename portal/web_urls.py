@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from portal import oidc, views
+from portal import assets, oidc, views
 
 urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
@@ -27,5 +27,6 @@ urlpatterns = [
     path("t/<slug:slug>/ci/<int:rule_id>/remove/", views.ci_remove, name="ci_remove"),
     path("t/<slug:slug>/audit/", views.audit_log, name="audit"),
     path("t/<slug:slug>/usage/", views.usage_page, name="usage"),
+    path("t/<slug:slug>/assets/", assets.assets_page, name="assets"),
     path("t/<slug:slug>/bazelrc/", views.bazelrc_builder, name="bazelrc"),
 ]
