@@ -17,7 +17,7 @@ import grpc
 from django.conf import settings
 from google.protobuf import any_pb2
 
-from reapi import assets, clusters, egress
+from reapi import assets, clusters, db_threads, egress
 from reapi.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -139,7 +139,9 @@ class FetchService(ra_grpc.FetchServicer):
             caller = _caller(self.cluster, request.instance_name)
             wanted = assets.parse_request(Asset.Kind.BLOB, request.uris, _qualifiers(request))
         oldest = _when(request, "oldest_content_accepted")
-        found = assets.lookup(caller, wanted, oldest)
+        # On a thread that keeps its database connection: this call runs on the waiting pool
+        # (grpc_edge.WAITING_METHODS), whose many threads must not each hold one.
+        found = db_threads.run(assets.lookup, caller, wanted, oldest)
         if found is None:
             who = principal()
             if "cas:write" not in who.scopes:

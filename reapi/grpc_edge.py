@@ -199,6 +199,8 @@ WAITING_METHODS = frozenset(
         "/build.bazel.remote.execution.v2.Execution/Execute",
         "/build.bazel.remote.execution.v2.Execution/WaitExecution",
         "/google.longrunning.Operations/WaitOperation",
+        # Waits for a download (minutes for a large archive); its lookups run on db_threads.
+        FETCH + "FetchBlob",
     }
 )
 

@@ -174,12 +174,19 @@ def _get(
 
 def _reason(exc: BaseException) -> str:
     """The innermost cause's text: what went wrong, without urllib3's pool descriptions."""
-    while exc.__cause__ is not None or (exc.args and isinstance(exc.args[0], BaseException)):
-        exc = exc.__cause__ or exc.args[0]
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, BaseException):
-        return _reason(reason)
-    return str(exc)[:300] or type(exc).__name__
+    for _ in range(10):
+        inner = exc.__cause__ or (
+            exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        )
+        reason = getattr(exc, "reason", None)
+        inner = inner or (reason if isinstance(reason, BaseException) else None)
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    text = str(exc)
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectTimeoutError):
+        text = text.split("): ", 1)[-1]  # "PinnedHTTPConnection(host=…, port=…): cannot connect …"
+    return text[:300] or type(exc).__name__
 
 
 def _check_status(status: int, shown: str, redirected_to: str | None) -> None:

@@ -13,13 +13,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from portal import tenancy
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2 as ra_pb2
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_grpc
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -118,12 +120,22 @@ class Assets:
         return self.fetch.FetchBlob(request, metadata=self.metadata, timeout=60)
 
 
-def refused(call: object, code: grpc.StatusCode) -> grpc.RpcError:
-    assert callable(call)
+class Refusal:
+    def __init__(self, error: grpc.RpcError) -> None:
+        self.error = error
+
+    def details(self) -> str:
+        return self.error.details() or ""
+
+    def trailing_metadata(self) -> dict[str, str | bytes]:
+        return {m.key: m.value for m in self.error.trailing_metadata() or ()}
+
+
+def refused(call: Callable[[], object], code: grpc.StatusCode) -> Refusal:
     with pytest.raises(grpc.RpcError) as info:
         call()
     assert info.value.code() == code, info.value.details()
-    return info.value
+    return Refusal(info.value)
 
 
 def test_a_fetched_asset_is_stored_once_and_served_again_without_the_origin(
@@ -191,7 +203,7 @@ def test_a_malformed_checksum_is_an_invalid_argument(
     client = Assets(server, acme.pat())
     url = origin.put("m", b"x")
     for value in ("md5-AAAA", "sha256-not*base64", "sha256-" + base64.b64encode(b"short").decode(), ""):
-        err = refused(lambda v=value: client.fetch_blob(url, checksum=v), grpc.StatusCode.INVALID_ARGUMENT)
+        err = refused(partial(client.fetch_blob, url, checksum=value), grpc.StatusCode.INVALID_ARGUMENT)
         assert "checksum.sri" in err.details()
 
 
@@ -281,7 +293,7 @@ def test_bad_header_qualifiers_are_refused(server: ReapiServer, origin: Origin, 
         ("http_header_url:x:X-Ok", "no index"),
         ("bazel.auth_headers", "not json"),
     ]:
-        refused(lambda n=name, v=value: client.fetch_with([url], [(n, v)]), grpc.StatusCode.INVALID_ARGUMENT)
+        refused(partial(client.fetch_with, [url], [(name, value)]), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def test_unknown_qualifiers_are_refused_by_name(server: ReapiServer, origin: Origin, acme: Persona) -> None:
@@ -292,8 +304,9 @@ def test_unknown_qualifiers_are_refused_by_name(server: ReapiServer, origin: Ori
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "'vcs.commit'" in err.details() and "'resource_type'" in err.details()
-    trailers = dict(err.trailing_metadata() or ())
-    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    detail = err.trailing_metadata()["grpc-status-details-bin"]
+    assert isinstance(detail, bytes)
+    status = status_pb2.Status.FromString(detail)
     bad = status_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert [(v.field, v.description) for v in bad.field_violations] == [
@@ -315,7 +328,7 @@ def test_an_asset_over_the_size_cap_is_refused(server: ReapiServer, origin: Orig
     for route in ("files", "chunked"):  # announced by Content-Length, and found while streaming
         origin.put(f"big-{route}-{acme.slug}", big)
         err = refused(
-            lambda r=route: client.fetch_blob(f"{origin.base}/{r}/big-{r}-{acme.slug}"),
+            partial(client.fetch_blob, f"{origin.base}/{route}/big-{route}-{acme.slug}"),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         )
         assert "REAPI_ASSET_MAX_BYTES" in err.details()
@@ -410,7 +423,7 @@ def test_redirects_to_internal_addresses_are_refused_before_connecting(
         ("file:///etc/passwd", "only http and https"),
     ]:
         hop = f"{origin.base}/redirect?to={target}"
-        err = refused(lambda h=hop: client.fetch_blob(h), grpc.StatusCode.PERMISSION_DENIED)
+        err = refused(partial(client.fetch_blob, hop), grpc.StatusCode.PERMISSION_DENIED)
         assert shown in err.details(), (target, err.details())
         assert "refused" in err.details()
 
@@ -429,7 +442,7 @@ def test_names_and_addresses_of_internal_hosts_are_refused(
         (f"https://127.0.0.1:{origin.port}/files/internal", "outside REAPI_ASSET_ALLOWED_URLS"),
         (f"{origin.base}/files/../files/internal", "'..'"),
     ]:
-        err = refused(lambda u=url: client.fetch_blob(u), grpc.StatusCode.PERMISSION_DENIED)
+        err = refused(partial(client.fetch_blob, url), grpc.StatusCode.PERMISSION_DENIED)
         assert shown in err.details(), (url, err.details())
         assert url in err.details() or "refused" in err.details()
     assert origin.hits("/files/internal") == 0
@@ -595,3 +608,24 @@ def test_requests_without_uris_or_with_another_digest_function_are_invalid(
         lambda: ra_grpc.FetchStub(client.channel).FetchBlob(ra_pb2.FetchBlobRequest(uris=["http://x/"])),
         grpc.StatusCode.UNAUTHENTICATED,
     )
+
+
+def test_assets_live_in_the_storage_the_cas_uses(
+    server: ReapiServer, internal_server: ReapiServer, acme: Persona
+) -> None:
+    """Pushed on the internal (CI) cluster: a workstation sees it only in pass-through mode,
+    which gives the external cluster the internal storage, as for every CAS blob."""
+    ci = Assets(internal_server, acme.pat())
+    data = os.urandom(4000)
+    ci.cas.upload(data)
+    urn = f"urn:ci-built:{acme.slug}"
+    ci.push.PushBlob(ra_pb2.PushBlobRequest(uris=[urn], blob_digest=digest(data)), metadata=ci.metadata)
+    assert ci.fetch_blob(urn).blob_digest == digest(data)
+    assert Asset.objects.get(tenant=acme.tenant).storage == "reapi-internal"
+
+    workstation = Assets(server, acme.pat(scopes="cas:read,ac:read"))
+    refused(lambda: workstation.fetch_blob(urn), grpc.StatusCode.PERMISSION_DENIED)
+    tenancy.set_cache_mode(acme.tenant, "pass-through")
+    workstation = Assets(server, acme.pat(scopes="cas:read,ac:read"))  # a credential read afresh
+    assert workstation.fetch_blob(urn).blob_digest == digest(data)
+    assert workstation.cas.read(digest(data)) == data
