@@ -128,11 +128,7 @@ class BazelrcForm(forms.Form):
         initial=bazelrc.Options.timeout,
     )
     downloader = forms.BooleanField(
-        label=(
-            "Remote downloader: external dependencies (http_archive, http_file) through the cache, "
-            "also while their origin is down (--experimental_remote_downloader; downloading new ones "
-            "needs a token with cas:write)"
-        ),
+        label="Remote downloader: external dependencies through the cache (--experimental_remote_downloader)",
         required=False,
     )
 
