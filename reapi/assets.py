@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -334,7 +334,8 @@ def lookup(caller: Caller, request: AssetRequest, oldest: datetime | None = None
             kind=request.kind,
             canonical_id=request.canonical_id,
         )
-        sha256 = request.sri.sha256_hex
+        # A blob's digest is its content's SHA-256: any blob with it matches a sha256 checksum.
+        sha256 = request.sri.sha256_hex if request.kind == Asset.Kind.BLOB else None
         same = same.filter(digest_hash=sha256) if sha256 else same.filter(sri=request.sri.text)
         others = [row for row in same.order_by("-fetched_at").values_list(*_ROW)[:20] if row[1] not in by_key]
         found = _first_usable(caller, request, others, oldest)
@@ -426,7 +427,7 @@ class Hits:
             try:
                 Asset.objects.filter(pk=asset_id).update(
                     hits=F("hits") + int(count),
-                    last_used_at=datetime.fromtimestamp(last, tz=timezone.get_current_timezone()),
+                    last_used_at=datetime.fromtimestamp(last, tz=UTC),
                 )
             except DatabaseError:
                 log.warning("asset hit counts not saved; kept for the next flush", exc_info=True)
