@@ -43,6 +43,7 @@ def _caller(cluster: str, instance: str) -> assets.Caller:
         tenant_id=who.tenant_id,
         cluster=cluster,
         backend=clusters.for_call(cluster, who.cache_mode),
+        token_id=who.token_id,
         token_prefix=who.token_prefix,
     )
 

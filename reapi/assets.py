@@ -301,6 +301,7 @@ class Caller:
     tenant_id: int
     cluster: str
     backend: clusters.Backend
+    token_id: int | None = None
     token_prefix: str = ""
 
     @property
@@ -382,6 +383,7 @@ def record(
         "digest_size": digest.size,
         "fetched_at": now,
         "expires_at": expires_at,
+        "token_id": caller.token_id,
         "token_prefix": caller.token_prefix,
     }
     where = {"storage": caller.storage, "tenant_id": caller.tenant_id, "key": request.key(index)}

@@ -1,4 +1,5 @@
-"""What the REAPI core keeps in the database: the S3 presence index, quotas, provenance.
+"""What the REAPI core keeps in the database: the S3 presence index, quotas, provenance, and
+the Remote Asset API's index.
 
 Blobs themselves live in the cluster storages; these tables hold what storage cannot answer
 cheaply (which of 10,000 digests exist, in one query), what an admin decided (quotas), and
@@ -136,6 +137,9 @@ class Asset(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     hits = models.BigIntegerField(default=0)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # Who fetched or pushed it last. A plain column, as in ActionProvenance: `token revoke
+    # --purge` deletes what a token pushed (a claim, unlike a download) after the token is gone.
+    token_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     token_prefix = models.CharField(max_length=16, blank=True)
 
     class Meta:

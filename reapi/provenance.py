@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
@@ -30,7 +31,7 @@ from portal import audit
 from portal.models import AccessToken
 from reapi.digests import Digest
 from reapi.errors import Unauthenticated
-from reapi.models import ActionProvenance
+from reapi.models import ActionProvenance, Asset
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +197,28 @@ def purge_token(token_id: int, settle_seconds: float = PURGE_SETTLE_SECONDS) -> 
             ids.append(row.id)
         return ids
 
+    def delete_pushed_assets() -> int:
+        # Remote Asset API pushes are the token's claims about what a URI holds (downloads by
+        # the server are not: their content came from the origin).
+        deleted, _ = Asset.objects.filter(token_id=token_id, origin=Asset.Origin.PUSHED).delete()
+        return deleted
+
     ids = delete_entries(None)
+    assets = delete_pushed_assets()
     if settle_seconds > 0:
         time.sleep(settle_seconds)
         # Only writes recorded just before the revocation can have been stored after the
         # first pass; a minute's margin covers clocks between servers.
         delete_entries(timedelta(minutes=1))
+        assets += delete_pushed_assets()
     # Rows rewritten by another token since the first pass are not this token's any more.
     for i in range(0, len(ids), BATCH_LIMIT):
         ActionProvenance.objects.filter(id__in=ids[i : i + BATCH_LIMIT], token_id=token_id).delete()
     if token is not None:
-        audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids))
+        pushed: dict[str, Any] = {"assets": assets} if assets else {}
+        audit.record(
+            "token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids), **pushed
+        )
     return len(ids)
 
 

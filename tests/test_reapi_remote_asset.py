@@ -21,7 +21,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from portal import tenancy
+from portal import tenancy, tokens
+from portal.models import AuditEvent
+from reapi import provenance
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2 as ra_pb2
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_grpc
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -629,3 +631,25 @@ def test_assets_live_in_the_storage_the_cas_uses(
     workstation = Assets(server, acme.pat(scopes="cas:read,ac:read"))  # a credential read afresh
     assert workstation.fetch_blob(urn).blob_digest == digest(data)
     assert workstation.cas.read(digest(data)) == data
+
+
+def test_a_purge_removes_what_a_token_pushed_but_not_what_the_server_fetched(
+    server: ReapiServer, origin: Origin, acme: Persona
+) -> None:
+    issued = tokens.issue(acme.tenant, acme.admin, name="leaked")
+    leaked = Assets(server, issued.secret)
+    data = os.urandom(1000)
+    leaked.cas.upload(data)
+    leaked.push.PushBlob(
+        ra_pb2.PushBlobRequest(uris=[f"https://example.invalid/{acme.slug}.tgz"], blob_digest=digest(data)),
+        metadata=leaked.metadata,
+    )
+    fetched_url = origin.put(f"purge-{acme.slug}", b"from the origin")
+    leaked.fetch_blob(fetched_url)
+    assert Asset.objects.filter(tenant=acme.tenant, token_id=issued.token.id).count() == 2
+
+    tokens.revoke(issued.token)
+    provenance.purge_token(issued.token.id, settle_seconds=0)
+    assert list(Asset.objects.filter(tenant=acme.tenant).values_list("uri", flat=True)) == [fetched_url]
+    event = AuditEvent.objects.get(action="token.purge", token_prefix=issued.token.prefix)
+    assert event.detail == {"entries": 0, "assets": 1}
