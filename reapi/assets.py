@@ -63,6 +63,7 @@ from reapi.errors import (
     FailedPrecondition,
     InvalidArgument,
     ReapiError,
+    ResourceExhausted,
     Unavailable,
 )
 from reapi.models import Asset
@@ -102,6 +103,10 @@ SRI_ALGORITHMS = {"sha256": 32, "sha384": 48, "sha512": 64}  # weakest first
 
 
 # --- requests -------------------------------------------------------------------------------
+
+
+class ChecksumMismatch(Aborted):
+    """The origin's content is not what the checksum names."""
 
 
 class UnsupportedQualifiers(InvalidArgument):
@@ -518,6 +523,15 @@ def policy() -> egress.Policy:
     return egress.Policy(settings.REAPI_ASSET_ALLOWED_PREFIXES)
 
 
+# Failures that come out the same however often they are asked for: a client's retries (Bazel
+# retries ABORTED and RESOURCE_EXHAUSTED five times) get the same answer for this long without
+# another download of what was refused.
+SETTLED_FAILURES = (ChecksumMismatch, http_fetch.TooLarge)
+FAILURE_MEMORY_SECONDS = 60.0
+_failures: dict[str, tuple[float, ReapiError]] = {}
+_failures_lock = threading.Lock()
+
+
 def fetch(caller: Caller, request: AssetRequest, timeout: float | None) -> "Future[Found]":
     """Start (or join) the download of `request` into the caller's CAS."""
     flight = hashlib.sha256(
@@ -525,9 +539,32 @@ def fetch(caller: Caller, request: AssetRequest, timeout: float | None) -> "Futu
             [caller.storage, caller.tenant, [request.key(i) for i in range(len(request.uris))]]
         ).encode()
     ).hexdigest()
+    now = time.monotonic()
+    with _failures_lock:
+        failed = _failures.get(flight)
+        if failed is not None and failed[0] <= now:
+            del _failures[flight]
+            failed = None
+    if failed is not None:
+        settled: Future[Found] = Future()
+        settled.set_exception(
+            type(failed[1])(f"{failed[1].message} (the same a moment ago: not fetched again)")
+        )
+        return settled
     limit = float(settings.REAPI_ASSET_TIMEOUT_SECONDS)
     seconds = min(timeout, limit) if timeout else limit
-    return downloads().start(flight, lambda: _download(caller, request, seconds))
+
+    def job() -> Found:
+        try:
+            return _download(caller, request, seconds)
+        except SETTLED_FAILURES as exc:
+            with _failures_lock:
+                if len(_failures) > 10_000:
+                    _failures.clear()
+                _failures[flight] = (time.monotonic() + FAILURE_MEMORY_SECONDS, exc)
+            raise
+
+    return downloads().start(flight, job)
 
 
 RETRY_PAUSE = 0.5  # seconds before the second try of a URL that failed transiently
@@ -579,6 +616,12 @@ def _combined(failures: list[ReapiError]) -> ReapiError:
     kind: type[ReapiError] = type(first)
     if issubclass(kind, http_fetch.Transient):
         kind = Unavailable
+    final = ("NOT_FOUND", "PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
+    if issubclass(kind, SETTLED_FAILURES) and not all(
+        isinstance(f, SETTLED_FAILURES) or f.code in final for f in failures
+    ):
+        kind = Aborted if issubclass(kind, Aborted) else ResourceExhausted  # another URI may do
+
     message = f"no URI gave the asset: {'; '.join(f.message for f in failures)}"
     if isinstance(first, FailedPrecondition):
         return FailedPrecondition(message)
@@ -620,7 +663,7 @@ def _download_one(
         found = {a: h.digest() for a, h in hashers.items()}
         shown = egress.redact(request.uris[index])[:300]
         if sri is not None and not sri.matches(found):
-            raise Aborted(
+            raise ChecksumMismatch(
                 f"{shown}: the content does not match {CHECKSUM} "
                 f"(it is {sri_of(sri.algorithm, found[sri.algorithm])}, {written} bytes); nothing was stored"
             )

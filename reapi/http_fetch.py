@@ -49,6 +49,10 @@ class Transient(Unavailable):
     """A failure worth one more try of the same URL: no connection, a reset, a 5xx or 429."""
 
 
+class TooLarge(ResourceExhausted):
+    """Over the size cap: the same answer however often it is asked."""
+
+
 def _pinned(base: type[HTTPConnection], addresses: tuple[str, ...]) -> type[HTTPConnection]:
     """`base` connecting only to `addresses` (checked by the policy), whatever DNS says now."""
 
@@ -207,7 +211,7 @@ def _stream(
 ) -> int:
     length = response.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
-        raise ResourceExhausted(
+        raise TooLarge(
             f"{shown} is {int(length)} bytes, over the largest asset this server downloads "
             f"(REAPI_ASSET_MAX_BYTES={max_bytes})"
         )
@@ -228,7 +232,7 @@ def _stream(
             return total
         total += len(chunk)
         if total > max_bytes:
-            raise ResourceExhausted(
+            raise TooLarge(
                 f"{shown} is over the largest asset this server downloads (REAPI_ASSET_MAX_BYTES={max_bytes})"
             )
         write(chunk)

@@ -195,6 +195,10 @@ def test_checksums_are_verified_before_anything_is_stored(
     assert "does not match checksum.sri" in err.details()
     assert bad_url in err.details()
     assert stored_files() == before
+    # Bazel retries ABORTED: its retries get the same answer without another download.
+    again = refused(lambda: client.fetch_blob(bad_url, checksum=expected), grpc.StatusCode.ABORTED)
+    assert "not fetched again" in again.details()
+    assert origin.hits(f"/files/bad-{algorithm}-{acme.slug}") == 1
     assert client.cas.missing(digest(other)) == [digest(other)]
     assert not Asset.objects.filter(tenant=acme.tenant, uri=bad_url).exists()
 
