@@ -330,8 +330,9 @@ def lookup(caller: Caller, request: AssetRequest, oldest: datetime | None = None
     keys = [request.key(i) for i in range(len(request.uris))]
     rows = Asset.objects.filter(storage=caller.storage, tenant_id=caller.tenant_id, key__in=keys)
     by_key = {row[1]: row for row in rows.values_list(*_ROW)}
-    candidates = [by_key[k] for k in keys if k in by_key]
-    found = _first_usable(caller, request, candidates, oldest)
+    # FetchBlobResponse.uri: the request's URI that gave the content, as the client wrote it.
+    candidates = [(request.uris[i], by_key[k]) for i, k in enumerate(keys) if k in by_key]
+    found = _first_usable(caller, candidates, oldest)
     if found is None and request.sri is not None:
         # Another URI with the same checksum and canonical id: a mirror of the same content.
         same = Asset.objects.filter(
@@ -343,18 +344,22 @@ def lookup(caller: Caller, request: AssetRequest, oldest: datetime | None = None
         # A blob's digest is its content's SHA-256: any blob with it matches a sha256 checksum.
         sha256 = request.sri.sha256_hex if request.kind == Asset.Kind.BLOB else None
         same = same.filter(digest_hash=sha256) if sha256 else same.filter(sri=request.sri.text)
-        others = [row for row in same.order_by("-fetched_at").values_list(*_ROW)[:20] if row[1] not in by_key]
-        found = _first_usable(caller, request, others, oldest)
+        others = [
+            (request.uris[0], row)
+            for row in same.order_by("-fetched_at").values_list(*_ROW)[:20]
+            if row[1] not in by_key
+        ]
+        found = _first_usable(caller, others, oldest)
     if found is not None and found.asset_id is not None:
         hits.add(found.asset_id)
     return found
 
 
 def _first_usable(
-    caller: Caller, request: AssetRequest, rows: list[tuple[Any, ...]], oldest: datetime | None
+    caller: Caller, rows: list[tuple[str, tuple[Any, ...]]], oldest: datetime | None
 ) -> Found | None:
     now = timezone.now()
-    for asset_id, _key, uri, sri, _cid, digest_hash, digest_size, fetched_at, expires_at in rows:
+    for uri, (asset_id, _key, _uri, sri, _cid, digest_hash, digest_size, fetched_at, expires_at) in rows:
         if expires_at is not None and expires_at <= now:
             continue
         if oldest is not None and fetched_at < oldest:

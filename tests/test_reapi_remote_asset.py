@@ -223,6 +223,7 @@ def test_a_checksum_finds_the_same_content_under_a_mirror_url(
     elsewhere = f"{origin.base}/status/404?{acme.slug}"
     found = client.fetch_blob(elsewhere, checksum=sri("sha256", data))
     assert found.blob_digest == digest(data)
+    assert found.uri == elsewhere  # the request's URI: the content is the same
     assert origin.hits("/status/404") == 0
     # sha512 checksums find it by the checksum text.
     url512 = origin.put(f"mirror512-{acme.slug}", data)
