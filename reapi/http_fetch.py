@@ -123,9 +123,12 @@ def download(
         for _hop in range(MAX_REDIRECTS + 1):
             target = policy.target(current)
             addresses = policy.addresses(target)
-            adapter = _PinnedAdapter(addresses)
+            previous = session.adapters.get("http://")
+            adapter = _PinnedAdapter(addresses)  # this hop's addresses only
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            if previous is not None:
+                previous.close()
             response = _get(session, current, hop_headers, deadline, shown)
             with response:
                 if response.status_code in REDIRECTS and "location" in response.headers:
