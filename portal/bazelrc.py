@@ -21,6 +21,8 @@ class Options:
     instance_name: bool = False
     timeout: int = 60
     tls_certificate: str = ""
+    # External dependencies (http_archive, http_file) through the cache's Remote Asset API.
+    downloader: bool = False
 
 
 def render(opts: Options) -> str:
@@ -41,6 +43,10 @@ def render(opts: Options) -> str:
     else:
         lines.append(f"build --remote_cache={url}")
     lines.append(f"build --remote_header=X-Aspect={opts.token or PLACEHOLDER}")
+    if opts.downloader:
+        # Bazel 4.2.3 sends --remote_header to the downloader too, and needs the gRPC cache
+        # (or executor) line above beside it.
+        lines.append(f"build --experimental_remote_downloader={url}")
     if opts.instance_name:
         lines.append(f"build --remote_instance_name={opts.tenant}")
     lines.append(f"build --remote_timeout={opts.timeout}")

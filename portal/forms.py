@@ -203,6 +203,10 @@ class BazelrcForm(forms.Form):
         max_value=bazelrc.MAX_TIMEOUT,
         initial=bazelrc.Options.timeout,
     )
+    downloader = forms.BooleanField(
+        label="Remote downloader: external dependencies through the cache (--experimental_remote_downloader)",
+        required=False,
+    )
 
 
 class CiIdentityForm(forms.Form):

@@ -11,6 +11,7 @@ import dj_database_url
 from portal import rates
 from portal.env import SettingError, env, envbool, envbytes, envint, envlist, required
 from portal.storage_urls import storage_from_url
+from reapi.egress import parse_prefixes
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env("DATA_DIR", "./var")).resolve()
@@ -189,6 +190,24 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- Remote Asset API (reapi/assets.py) ----------------------------------------------------
+# URL prefixes the server may download from for clients, comma-separated (`https://` alone:
+# any https URL); empty: any http or https URL. Hosts resolving to loopback, private,
+# link-local or unique-local addresses only through a prefix naming the host (reapi/egress.py).
+REAPI_ASSET_ALLOWED_URLS = envlist("REAPI_ASSET_ALLOWED_URLS")
+try:
+    REAPI_ASSET_ALLOWED_PREFIXES = parse_prefixes(REAPI_ASSET_ALLOWED_URLS)
+except ValueError as _exc:
+    raise SettingError(f"REAPI_ASSET_ALLOWED_URLS: {_exc}") from None
+# The largest asset the server downloads, and the most time one download may take.
+REAPI_ASSET_MAX_BYTES = envbytes("REAPI_ASSET_MAX_BYTES", "10G")
+REAPI_ASSET_TIMEOUT_SECONDS = envint("REAPI_ASSET_TIMEOUT_SECONDS", 600)
+# Downloads one server process runs at once (each on a thread with a database connection).
+REAPI_ASSET_DOWNLOADS = envint("REAPI_ASSET_DOWNLOADS", 4)
+for _name in ("REAPI_ASSET_MAX_BYTES", "REAPI_ASSET_TIMEOUT_SECONDS", "REAPI_ASSET_DOWNLOADS"):
+    if globals()[_name] < 1:
+        raise SettingError(f"{_name} must be at least 1, not {globals()[_name]}")
 
 # --- Tokens ----------------------------------------------------------------------------------
 TOKEN_DEFAULT_EXPIRY_DAYS = envint("TOKEN_DEFAULT_EXPIRY_DAYS", 90)

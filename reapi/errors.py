@@ -63,6 +63,14 @@ class DeadlineExceeded(ReapiError):
     code = "DEADLINE_EXCEEDED"
 
 
+class Aborted(ReapiError):
+    code = "ABORTED"
+
+
+class Unimplemented(ReapiError):
+    code = "UNIMPLEMENTED"
+
+
 class Unavailable(ReapiError):
     code = "UNAVAILABLE"
 

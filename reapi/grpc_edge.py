@@ -37,6 +37,8 @@ AC = "/build.bazel.remote.execution.v2.ActionCache/"
 BS = "/google.bytestream.ByteStream/"
 EXE = "/build.bazel.remote.execution.v2.Execution/"
 OPS = "/google.longrunning.Operations/"
+FETCH = "/build.bazel.remote.asset.v1.Fetch/"
+PUSH = "/build.bazel.remote.asset.v1.Push/"
 METHOD_SCOPES: dict[str, str | None] = {
     "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities": None,
     CAS + "FindMissingBlobs": "cas:read",
@@ -55,6 +57,12 @@ METHOD_SCOPES: dict[str, str | None] = {
     OPS + "CancelOperation": "execute",
     OPS + "WaitOperation": "execute",
     OPS + "DeleteOperation": "execute",
+    # Remote Asset API: a cached asset is a CAS read; a download (checked again in
+    # asset_service: cas:write) and a push write the CAS.
+    FETCH + "FetchBlob": "cas:read",
+    FETCH + "FetchDirectory": "cas:read",
+    PUSH + "PushBlob": "cas:write",
+    PUSH + "PushDirectory": "cas:write",
 }
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -201,6 +209,8 @@ WAITING_METHODS = frozenset(
         "/build.bazel.remote.execution.v2.Execution/Execute",
         "/build.bazel.remote.execution.v2.Execution/WaitExecution",
         "/google.longrunning.Operations/WaitOperation",
+        # Waits for a download (minutes for a large archive); its lookups run on db_threads.
+        FETCH + "FetchBlob",
     }
 )
 

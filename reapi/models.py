@@ -1,4 +1,5 @@
-"""What the REAPI core keeps in the database: the S3 presence index, quotas, provenance.
+"""What the REAPI core keeps in the database: the S3 presence index, quotas, provenance, and
+the Remote Asset API's index.
 
 Blobs themselves live in the cluster storages; these tables hold what storage cannot answer
 cheaply (which of 10,000 digests exist, in one query), what an admin decided (quotas), and
@@ -157,3 +158,61 @@ class ResultConflict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id}: {self.action_hash[:12]} at {self.detected_at:%Y-%m-%d %H:%M}"
+
+
+class Asset(models.Model):
+    """One Remote Asset API entry: a URI and its qualifiers, mapped to content in the CAS.
+
+    Per storage (as the CAS: a pass-through tenant's external fetches land in the internal
+    storage) and tenant. `key` is the SHA-256 of what identifies the asset (reapi.assets.
+    asset_key): kind, URI, checksum, canonical id, and without a checksum the HTTP headers
+    sent. The URI is kept without user or password; no header value is kept. `fetched_at` is
+    the content's age (FetchBlob's `oldest_content_accepted`), `first_fetched_at` when it was
+    first stored; `hits` and `last_used_at` are counted in memory by each server process and
+    added every few seconds (reapi.assets.Hits), as the usage counters are.
+    """
+
+    class Kind(models.TextChoices):
+        BLOB = "blob", "Blob"
+        DIRECTORY = "directory", "Directory"
+
+    class Origin(models.TextChoices):
+        FETCHED = "fetched", "Downloaded by the server"
+        PUSHED = "pushed", "Pushed by a client"
+
+    storage = models.CharField(max_length=40)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="assets")
+    key = models.CharField(max_length=64)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.BLOB)
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.FETCHED)
+    uri = models.TextField()
+    sri = models.CharField(max_length=200, blank=True)
+    canonical_id = models.TextField(blank=True)
+    digest_hash = models.CharField(max_length=64)
+    digest_size = models.BigIntegerField()
+    first_fetched_at = models.DateTimeField(default=timezone.now)
+    fetched_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    hits = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Who fetched or pushed it last. A plain column, as in ActionProvenance: `token revoke
+    # --purge` deletes what a token pushed (a claim, unlike a download) after the token is gone.
+    token_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    token_prefix = models.CharField(max_length=16, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["storage", "tenant", "key"], name="reapi_asset_one_row_per_key")
+        ]
+        indexes = [
+            models.Index(fields=["storage", "tenant", "digest_hash"], name="reapi_asset_by_content"),
+            models.Index(fields=["storage", "tenant", "sri"], name="reapi_asset_by_checksum"),
+            models.Index(fields=["tenant", "last_used_at"], name="reapi_asset_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}:{self.uri[:80]} -> {self.digest_hash[:12]}/{self.digest_size}"
+
+    @property
+    def cluster(self) -> str:
+        return self.storage.removeprefix("reapi-")

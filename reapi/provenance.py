@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
@@ -37,7 +38,7 @@ from portal.models import AccessToken
 from reapi.ac_entries import Author
 from reapi.digests import Digest
 from reapi.errors import Unauthenticated
-from reapi.models import ActionProvenance, ActionVote
+from reapi.models import ActionProvenance, ActionVote, Asset
 
 log = logging.getLogger(__name__)
 
@@ -248,29 +249,34 @@ def purge_token(token_id: int, settle_seconds: float = PURGE_SETTLE_SECONDS) -> 
             )
         return changed
 
+    def delete_pushed_assets() -> int:
+        # Remote Asset API pushes are the token's claims about what a URI holds (downloads by
+        # the server are not: their content came from the origin).
+        deleted, _ = Asset.objects.filter(token_id=token_id, origin=Asset.Origin.PUSHED).delete()
+        return deleted
+
     ids = delete_entries(None)
     withdrawn = withdraw_votes(None)
+    assets = delete_pushed_assets()
     if settle_seconds > 0:
         time.sleep(settle_seconds)
         # Only writes recorded just before the revocation can have been stored after the
         # first pass; a minute's margin covers clocks between servers.
         delete_entries(timedelta(minutes=1))
         withdrawn += withdraw_votes(timedelta(minutes=1))
+        assets += delete_pushed_assets()
     # Rows rewritten by another token since the first pass are not this token's any more.
     for i in range(0, len(ids), BATCH_LIMIT):
         ActionProvenance.objects.filter(id__in=ids[i : i + BATCH_LIMIT], token_id=token_id).delete()
     ActionVote.objects.filter(token_id=token_id).delete()
     if token is not None:
-        if withdrawn:  # only where there were any: the event reads as before otherwise
-            audit.record(
-                "token.purge",
-                tenant=token.tenant,
-                token_prefix=token.prefix,
-                entries=len(ids),
-                votes_withdrawn=withdrawn,
-            )
-        else:
-            audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids))
+        # Only what there was: the event reads as before otherwise.
+        extra: dict[str, Any] = {}
+        if withdrawn:
+            extra["votes_withdrawn"] = withdrawn
+        if assets:
+            extra["assets"] = assets
+        audit.record("token.purge", tenant=token.tenant, token_prefix=token.prefix, entries=len(ids), **extra)
     return len(ids)
 
 

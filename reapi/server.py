@@ -14,11 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from reapi import usage
 from reapi.ac_service import ActionCacheService
+from reapi.asset_service import FetchService, PushService
 from reapi.bytestream_service import ByteStreamService
 from reapi.capabilities_service import CapabilitiesService
 from reapi.cas_service import CasService
 from reapi.execution_service import ExecutionService
 from reapi.filestorage import BlobFileSystemStorage
+from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_grpc
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
@@ -35,6 +37,8 @@ SERVICES = (
     "google.bytestream.ByteStream",
     "build.bazel.remote.execution.v2.Execution",
     "google.longrunning.Operations",
+    "build.bazel.remote.asset.v1.Fetch",
+    "build.bazel.remote.asset.v1.Push",
 )
 # Refused calls waiting for one of the refusal threads before grpcio refuses on its own.
 REFUSALS_IN_FLIGHT = 4096
@@ -79,6 +83,8 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
     bs_grpc.add_ByteStreamServicer_to_server(ByteStreamService(cluster), server)
     re_grpc.add_ExecutionServicer_to_server(ExecutionService(cluster), server)
     ops_grpc.add_OperationsServicer_to_server(OperationsService(cluster), server)
+    ra_grpc.add_FetchServicer_to_server(FetchService(cluster), server)
+    ra_grpc.add_PushServicer_to_server(PushService(cluster), server)
     health_servicer = health.HealthServicer()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

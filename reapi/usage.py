@@ -6,6 +6,7 @@ RPC. A failed flush keeps its counts for the next one; a stopping server flushes
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 
 from django.conf import settings
@@ -24,6 +25,21 @@ Key = tuple[int, str, int, int | None, int | None]
 
 _counts: dict[Key, list[int]] = {}
 _lock = threading.Lock()
+# Other in-memory counters saved on the same beat (reapi.assets.Hits.flush).
+_hooks: list[Callable[[], object]] = []
+
+
+def on_flush(hook: Callable[[], object]) -> None:
+    """Run `hook` after every flush of the usage counters, and once more when a server stops."""
+    _hooks.append(hook)
+
+
+def _run_hooks() -> None:
+    for hook in _hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("flushing %s failed", getattr(hook, "__qualname__", hook))
 
 
 def add(who: Principal, cluster: str, field: int, amount: int = 1) -> None:
@@ -110,6 +126,7 @@ class Flusher:
                 flush()
             except Exception:
                 log.exception("usage flush failed")
+            _run_hooks()
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,6 +135,7 @@ class Flusher:
             flush()
         except Exception:
             log.exception("last usage flush failed")
+        _run_hooks()
 
 
 def start_flusher() -> Flusher:

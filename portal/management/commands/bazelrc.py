@@ -1,4 +1,5 @@
-"""`manage.py bazelrc --tenant SLUG --cluster internal|external [--token PAT] [--execution]`."""
+"""`manage.py bazelrc --tenant SLUG --cluster internal|external [--token PAT] [--execution]
+[--remote-downloader]`."""
 
 from typing import Any
 
@@ -21,6 +22,11 @@ class Command(BaseCommand):
         parser.add_argument("--instance-name", action="store_true")
         parser.add_argument("--timeout", type=int, default=60)
         parser.add_argument("--tls-certificate", default="")
+        parser.add_argument(
+            "--remote-downloader",
+            action="store_true",
+            help="fetch external dependencies through the cache (--experimental_remote_downloader)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -39,6 +45,7 @@ class Command(BaseCommand):
                     instance_name=options["instance_name"],
                     timeout=options["timeout"],
                     tls_certificate=options["tls_certificate"],
+                    downloader=options["remote_downloader"],
                 )
             )
         except ValueError as exc:
