@@ -187,7 +187,9 @@ class PortalServer:
                     "runserver",
                     f"127.0.0.1:{self.port}",
                     "--noreload",
-                    "--insecure",
+                    # Static files by WhiteNoise, as in production (content-hashed names from
+                    # the collected manifest), not by runserver's own handler.
+                    "--nostatic",
                 ],
                 cwd=ROOT,
                 env=self.env,

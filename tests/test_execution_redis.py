@@ -151,8 +151,8 @@ def test_the_fleet_page_shows_workers_queues_and_failures(
         html = fleet_html(page)
         row = html.split('data-pool="external/arm64"', 1)[1].split("</tr>", 1)[0]
         assert "waiting: no worker online" in row
-        assert '<td class="queued">1</td>' in row
-        assert '<td class="online">0' in row
+        assert 'class="queued">1</td>' in row
+        assert 'class="online">0' in row
     finally:
         arm.start()
     # The restarted worker takes the waiting action.
