@@ -1,0 +1,129 @@
+"""Real Bazel 4.2.3 against the real server: every build is recorded as an invocation, and each
+of its misses is explained against the nearest earlier action with the same outputs, for
+remote execution (input files named with both digests) and cache-only builds (--action_env)."""
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reapi.models import Invocation
+from tests.bazel import Bazel, bazel_in
+from tests.execution_fixtures import EXEC_ENV, WorkerProcess
+from tests.polling import wait_for
+from tests.servers import ReapiServer, manage
+from tests.tenants import Persona
+
+pytestmark = pytest.mark.bazel
+
+ENV = {**EXEC_ENV, "REAPI_USAGE_FLUSH_SECONDS": "1"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ReapiServer]:
+    with ReapiServer("external", env=ENV) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def worker(server: ReapiServer) -> Iterator[WorkerProcess]:
+    with WorkerProcess("external", "x86-64", ENV, concurrency=4) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def bazel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bazel]:
+    with bazel_in(tmp_path_factory.mktemp("bazel")) as b:
+        yield b
+
+
+def write_workspace(root: Path, salt: str) -> None:
+    """Three genrules, each over a source file of its own, and one that joins them."""
+    (root / "WORKSPACE").write_text('workspace(name = "invocations")\n')
+    rules = []
+    for name in ("a", "b", "c"):
+        (root / f"{name}.src").write_text(f"{name} {salt}\n")
+        rules.append(
+            f'genrule(name = "{name}", srcs = ["{name}.src"], outs = ["{name}.txt"], '
+            f'cmd = "cat $< > $@ && echo $$X >> $@")\n'
+        )
+    rules.append(
+        'genrule(name = "all", srcs = [":a", ":b", ":c"], outs = ["all.txt"], cmd = "cat $(SRCS) > $@")\n'
+    )
+    (root / "BUILD").write_text("".join(rules))
+
+
+def build(bazel: Bazel, *flags: str) -> str:
+    invocation = str(uuid.uuid4())
+    result = bazel.build(f"--invocation_id={invocation}", *flags)
+    assert result.returncode == 0, result.output
+    return invocation
+
+
+def recorded(slug: str, invocation: str, misses: int) -> Invocation:
+    """The invocation once the server's flush has saved all its misses."""
+    return wait_for(
+        lambda: Invocation.objects.filter(tenant__slug=slug, invocation_id=invocation, misses=misses).first()
+    )
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_remote_build_shows_its_one_miss_and_explain_names_the_changed_file(
+    bazel: Bazel, server: ReapiServer, worker: WorkerProcess, acme: Persona
+) -> None:
+    pat = acme.pat(acme.developer)
+    write_workspace(bazel.workspace, acme.slug)
+    flags = (
+        f"--remote_executor={server.url}",
+        f"--remote_header=X-Aspect={pat}",
+        "--spawn_strategy=remote",
+        "--action_env=X=same",
+    )
+    first = build(bazel, *flags)
+    assert recorded(acme.slug, first, misses=4).executed == 4
+
+    bazel.clean()
+    old, new = f"b {acme.slug}\n", f"b {acme.slug} changed\n"
+    (bazel.workspace / "b.src").write_text(new)
+    second = build(bazel, *flags)
+    row = recorded(acme.slug, second, misses=2)  # b.txt and the all.txt that joins it
+    assert row.hits == 2 and row.executed == 2
+    assert row.username == acme.developer and row.cluster == "external"
+    assert set(row.missed.values_list("target_id", flat=True)) == {"//:b", "//:all"}
+
+    out = manage("explain", second, "--tenant", acme.slug).stdout
+    assert f"input file changed: b.src: {sha(old)}/{len(old)} → {sha(new)}/{len(new)}" in out, out
+    assert "output: bazel-out/k8-fastbuild/bin/b.txt" in out, out
+    assert f"of invocation {first}" in out, out
+
+    listed = manage("invocations", "--tenant", acme.slug).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == [second, first]
+
+
+def test_a_cache_only_build_with_another_action_env_is_explained_by_that_variable(
+    bazel: Bazel, server: ReapiServer, acme: Persona
+) -> None:
+    pat = acme.pat(acme.developer)
+    write_workspace(bazel.workspace, acme.slug)
+    flags = (f"--remote_cache={server.url}", f"--remote_header=X-Aspect={pat}")
+    first = build(bazel, *flags, "--action_env=X=alpha")
+    assert recorded(acme.slug, first, misses=4).executed == 0
+
+    bazel.clean()
+    second = build(bazel, *flags, "--action_env=X=beta")
+    recorded(acme.slug, second, misses=4)
+    out = manage("explain", second, "--tenant", acme.slug).stdout
+    assert out.count("environment variable X changed: alpha → beta") == 4, out
+    # all.txt joins outputs that changed with X; cache-only builds store no input trees.
+    assert out.count("inputs differ; the input trees are not stored") == 1, out
+
+    # One action at a time, by its digest.
+    action = Invocation.objects.get(invocation_id=second).missed.get(target_id="//:a").action_hash
+    one = manage("explain", second, "--tenant", acme.slug, "--action", action).stdout
+    assert one.count("environment variable X changed") == 1, one
+    assert "output: bazel-out/k8-fastbuild/bin/a.txt" in one, one
