@@ -1,21 +1,25 @@
 """Invocations over real gRPC calls: RequestMetadata read (and an oversize header ignored),
 misses explained with no relative and against a relative whose input tree is not stored, and
-each tenant's invocations out of the others' reach in the CLI."""
+each tenant's invocations (and each developer's) out of the others' reach in the CLI, the
+portal's pages and the REST API."""
 
 import uuid
 from collections.abc import Iterator
 
 import grpc
 import pytest
+import requests
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import Invocation
 from reapi.request_metadata import KEY
 from tests.execution_fixtures import ActionSpec
+from tests.oidc import PortalServer
 from tests.polling import wait_for
 from tests.reapi_client import Client, digest
 from tests.servers import ReapiServer, manage
 from tests.tenants import Persona
+from tests.test_portal_api import API_SCOPES, logged_in, pat_session
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,51 @@ def test_another_tenants_invocations_are_not_found_in_the_cli(
     refused = manage("explain", invocation, "--tenant", globex.slug, check=False)
     assert refused.returncode != 0
     assert f"no invocation {invocation}" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[PortalServer]:
+    with PortalServer() as p:
+        yield p
+
+
+def test_developers_see_their_own_builds_and_other_tenants_none_in_the_portal_and_rest(
+    server: ReapiServer, portal: PortalServer, acme: Persona, globex: Persona
+) -> None:
+    admins = Client(server.channel(), acme.pat(acme.admin))
+    developers = Client(server.channel(), acme.pat(acme.developer))
+    outs = ["shared.out"]
+    alices = missed_once(admins, acme.slug, ActionSpec(["/bin/echo", "one"], output_files=outs))
+    bobs = missed_once(developers, acme.slug, ActionSpec(["/bin/echo", "two"], output_files=outs))
+    base = f"{portal.url}/api/v1/tenants/{acme.slug}/invocations"
+
+    bob = logged_in(portal, acme.developer or "")
+    assert [i["id"] for i in bob.get(f"{base}/").json()] == [bobs]
+    assert bob.get(f"{base}/{alices}/").status_code == 404
+    detail = bob.get(f"{base}/{bobs}/").json()
+    assert (detail["misses"], detail["user"]) == (1, acme.developer)
+    why = detail["missed"][0]["explanation"]
+    assert why["relative"]["invocation"] == alices
+    assert why["changes"] == [{"kind": "argument", "text": "argument 1 changed: one → two"}]
+    page = bob.get(f"{portal.url}/t/{acme.slug}/invocations/")
+    assert page.status_code == 200 and bobs in page.text and alices not in page.text
+    assert bob.get(f"{portal.url}/t/{acme.slug}/invocations/{alices}/").status_code == 404
+    shown = bob.get(f"{portal.url}/t/{acme.slug}/invocations/{bobs}/")
+    assert "argument 1 changed: one → two" in shown.text
+    assert bobs in bob.get(f"{portal.url}/t/{acme.slug}/").text  # the tenant's page links it
+
+    alice = pat_session(acme.pat(acme.admin, scopes=API_SCOPES))
+    assert [i["id"] for i in alice.get(f"{base}/").json()] == [bobs, alices]
+
+    charlie = logged_in(portal, globex.admin)
+    assert charlie.get(f"{base}/").status_code == 404
+    assert charlie.get(f"{portal.url}/t/{acme.slug}/invocations/{bobs}/").status_code == 404
+    theirs = f"{portal.url}/api/v1/tenants/{globex.slug}/invocations"
+    assert charlie.get(f"{theirs}/").json() == []
+    assert charlie.get(f"{theirs}/{bobs}/").status_code == 404
+
+
+def test_the_invocation_endpoints_are_in_the_openapi_schema(portal: PortalServer) -> None:
+    schema = requests.get(f"{portal.url}/api/v1/schema/").text
+    assert "/api/v1/tenants/{slug}/invocations/" in schema
+    assert "/api/v1/tenants/{slug}/invocations/{invocation_id}/" in schema
