@@ -187,7 +187,9 @@ class PortalServer:
                     "runserver",
                     f"127.0.0.1:{self.port}",
                     "--noreload",
-                    "--insecure",
+                    # WhiteNoise serves the collected, hashed files (runserver's own handler
+                    # knows only the unhashed names the pages no longer use).
+                    "--nostatic",
                 ],
                 cwd=ROOT,
                 env=self.env,
