@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from portal import tenancy
 from reapi.models import Invocation
 from tests.bazel import Bazel, bazel_in
 from tests.execution_fixtures import EXEC_ENV, WorkerProcess
@@ -24,6 +25,12 @@ ENV = {**EXEC_ENV, "REAPI_USAGE_FLUSH_SECONDS": "1"}
 @pytest.fixture(scope="module")
 def server() -> Iterator[ReapiServer]:
     with ReapiServer("external", env=ENV) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def ci_server() -> Iterator[ReapiServer]:
+    with ReapiServer("internal", env=ENV) as s:
         yield s
 
 
@@ -127,3 +134,27 @@ def test_a_cache_only_build_with_another_action_env_is_explained_by_that_variabl
     one = manage("explain", second, "--tenant", acme.slug, "--action", action).stdout
     assert one.count("environment variable X changed") == 1, one
     assert "output: bazel-out/k8-fastbuild/bin/a.txt" in one, one
+
+
+def test_a_workstations_misses_in_pass_through_are_explained_against_cis_actions(
+    bazel: Bazel, server: ReapiServer, ci_server: ReapiServer, acme: Persona
+) -> None:
+    tenancy.set_cache_mode(acme.tenant, "pass-through")
+    write_workspace(bazel.workspace, acme.slug)
+    ci = (f"--remote_cache={ci_server.url}", f"--remote_header=X-Aspect={acme.pat(acme.admin)}")
+    workstation = (f"--remote_cache={server.url}", f"--remote_header=X-Aspect={acme.pat(acme.developer)}")
+    ci_build = build(bazel, *ci, "--action_env=X=ci")
+    assert recorded(acme.slug, ci_build, misses=4).cluster == "internal"
+
+    bazel.clean()
+    earlier = build(bazel, *workstation, "--action_env=X=laptop")
+    recorded(acme.slug, earlier, misses=4)
+    bazel.clean()
+    latest = build(bazel, *workstation, "--action_env=X=laptop2")
+    row = recorded(acme.slug, latest, misses=4)
+    assert (row.cluster, row.username) == ("external", acme.developer)
+
+    # CI's action is preferred to the workstation's own more recent one.
+    out = manage("explain", latest, "--tenant", acme.slug).stdout
+    assert out.count(f"of invocation {ci_build} (internal)") == 4, out
+    assert out.count("environment variable X changed: ci → laptop2") == 4, out
