@@ -9,7 +9,8 @@ variables, platform properties, output paths, and input files where both input t
 stored. Computed on first view and kept on the InvocationMiss.
 
 Bounded: an Action or Command above MAX_MESSAGE_BYTES is not read; at most FILL_LIMIT earlier
-misses have their output paths looked up per explanation; the input trees are walked by
+misses (and FILL_SECONDS) have their output paths looked up per explanation, and a miss whose
+Action is still absent after GIVE_UP_AFTER is not looked up again; the input trees are walked by
 directory digest, skipping equal subtrees, and stop after MAX_DIRECTORIES directories or
 MAX_CHANGES listed changes.
 """
@@ -17,8 +18,12 @@ MAX_CHANGES listed changes.
 import difflib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
+
+from django.utils import timezone
 
 from reapi import clusters
 from reapi.digests import Digest
@@ -30,6 +35,10 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 FILL_LIMIT = 2000
+FILL_SECONDS = 1.0  # looking up earlier misses' outputs stops here (S3 reads take ~20 ms each)
+# A miss whose Action is still not in the CAS this long after is taken as never to come.
+GIVE_UP_AFTER = timedelta(hours=1)
+UNKNOWN = "-"
 MAX_DIRECTORIES = 20_000
 MAX_CHANGES = 200
 SHOWN_CHARS = 300
@@ -95,6 +104,9 @@ def note_outputs(miss: InvocationMiss, loaded: Loaded | None = None) -> Loaded |
     if loaded is None:
         loaded = load(miss.storage, miss.tenant.slug, miss.action_hash, miss.action_size)
     if loaded is None:
+        if not miss.outputs_key and miss.missed_at < timezone.now() - GIVE_UP_AFTER:
+            miss.outputs_key = UNKNOWN  # never looked up again as a candidate
+            miss.save(update_fields=["outputs_key"])
         return None
     outputs = loaded.outputs
     miss.outputs = [shown(p) for p in outputs[:100]]
@@ -109,10 +121,12 @@ def find_relative(miss: InvocationMiss) -> InvocationMiss | None:
         .exclude(invocation_id=miss.invocation_id)
         .exclude(action_hash=miss.action_hash)
     )
-    for unknown in (
-        earlier.filter(outputs_key="").select_related("tenant").order_by("-missed_at")[:FILL_LIMIT]
-    ):
-        note_outputs(unknown)
+    unknown = earlier.filter(outputs_key="").select_related("tenant").order_by("-missed_at")
+    deadline = time.monotonic() + FILL_SECONDS
+    for candidate in unknown[:FILL_LIMIT]:
+        if time.monotonic() > deadline:
+            break
+        note_outputs(candidate)
     same = list(
         earlier.filter(outputs_key=miss.outputs_key).select_related("invocation").order_by("-missed_at")[:50]
     )
