@@ -180,11 +180,17 @@ def _prune() -> None:
     if _pruned_at and now - _pruned_at < PRUNE_EVERY_SECONDS:
         return
     _pruned_at = now
-    cutoff = timezone.now() - timedelta(days=settings.REAPI_INVOCATION_RETENTION_DAYS)
     try:
-        Invocation.objects.filter(last_call__lt=cutoff).delete()
+        prune()
     except DatabaseError:
         log.warning("pruning old invocations failed", exc_info=True)
+
+
+def prune() -> int:
+    """Delete invocations (and their misses) older than REAPI_INVOCATION_RETENTION_DAYS."""
+    cutoff = timezone.now() - timedelta(days=settings.REAPI_INVOCATION_RETENTION_DAYS)
+    deleted, _ = Invocation.objects.filter(last_call__lt=cutoff).delete()
+    return deleted
 
 
 usage.on_flush(flush)
