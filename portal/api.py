@@ -353,7 +353,7 @@ class ChangeSerializer(serializers.Serializer):
 
 
 class ExplanationSerializer(serializers.Serializer):
-    state = serializers.ChoiceField(choices=["explained", "no-relative", "action-missing"])
+    state = serializers.ChoiceField(choices=["explained", "no-relative", "action-missing", "later"])
     text = serializers.CharField()
     relative = serializers.DictField(required=False, help_text="the earlier action compared with")
     changes = ChangeSerializer(many=True)

@@ -10,9 +10,9 @@ stored. Computed on first view and kept on the InvocationMiss.
 
 Bounded: an Action or Command above MAX_MESSAGE_BYTES is not read; at most FILL_LIMIT earlier
 misses (and FILL_SECONDS) have their output paths looked up per explanation, and a miss whose
-Action is still absent after GIVE_UP_AFTER is not looked up again; the input trees are walked by
-directory digest, skipping equal subtrees, and stop after MAX_DIRECTORIES directories or
-MAX_CHANGES listed changes.
+Action is still absent after GIVE_UP_AFTER is not looked up again; the input trees are walked
+by directory digest, skipping equal subtrees, and stop after MAX_DIRECTORIES directories or
+MAX_CHANGES listed changes. One view's explaining is bounded by reapi.invocation_queries.
 """
 
 import difflib

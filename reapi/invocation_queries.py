@@ -1,5 +1,6 @@
 """Reading invocations for people: the CLI, the portal's pages and the REST API ask here."""
 
+import time
 from typing import Any
 
 from django.db.models import QuerySet
@@ -8,6 +9,9 @@ from reapi import explain
 from reapi.models import Invocation, InvocationMiss
 
 MAX_EXPLAINED = 200  # misses explained for one view; the rest say so
+# Explanations not yet kept are computed for this long per view; the rest wait for the next.
+EXPLAIN_SECONDS = 5.0
+LATER = {"state": "later", "changes": [], "text": "not explained yet: open the page again to explain more"}
 
 
 def of_tenant(tenant_id: int, user_id: int | None = None) -> QuerySet[Invocation]:
@@ -29,8 +33,9 @@ def misses(invocation: Invocation, action_hash: str | None = None) -> QuerySet[I
 def explained(invocation: Invocation, action_hash: str | None = None) -> list[dict[str, Any]]:
     """Each miss (at most MAX_EXPLAINED) with its output paths and explanation."""
     found = []
+    deadline = time.monotonic() + EXPLAIN_SECONDS
     for miss in misses(invocation, action_hash)[:MAX_EXPLAINED]:
-        why = explain.explain(miss)
+        why = explain.explain(miss) if miss.explanation or time.monotonic() < deadline else dict(LATER)
         found.append(
             {
                 "action": f"{miss.action_hash}/{miss.action_size}",
