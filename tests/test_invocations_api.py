@@ -154,6 +154,8 @@ def test_developers_see_their_own_builds_and_other_tenants_none_in_the_portal_an
 
     alice = pat_session(acme.pat(acme.admin, scopes=API_SCOPES))
     assert [i["id"] for i in alice.get(f"{base}/").json()] == [bobs, alices]
+    assert [i["id"] for i in alice.get(f"{base}/?limit=1").json()] == [bobs]
+    assert alice.get(f"{base}/?limit=many").status_code == 400
 
     charlie = logged_in(portal, globex.admin)
     assert charlie.get(f"{base}/").status_code == 404
