@@ -6,13 +6,16 @@ Django superusers act as admins of every tenant.
 """
 
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
 from portal.models import AccessToken, Membership, Role, Tenant
+
+if TYPE_CHECKING:
+    from reapi.models import Invocation
 
 
 @dataclass(frozen=True)
@@ -71,3 +74,14 @@ def token_or_404(acc: TenantAccess, token_id: int) -> AccessToken:
     if token is None:
         raise Http404("no such token")
     return token
+
+
+def visible_invocations(acc: TenantAccess) -> "QuerySet[Invocation]":
+    """Admins see every invocation (build) of the tenant, developers those made with their own
+    credentials; most recent first."""
+    from reapi.models import Invocation  # the reapi app's model; portal.models loads first
+
+    rows = Invocation.objects.filter(tenant=acc.tenant)
+    if not acc.is_admin:
+        rows = rows.filter(user_id=acc.user.pk)
+    return rows.order_by("-last_call", "-id")

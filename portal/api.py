@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal import bazelrc, invitations, rates, tenancy, tokens
-from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_tokens
+from portal.access import TenantAccess, access, tenants_of, token_or_404, visible_invocations, visible_tokens
 from portal.models import (
     DEFAULT_SCOPES,
     MAX_CI_CONFIRMATIONS,
@@ -30,6 +30,7 @@ from portal.models import (
     Membership,
     Role,
 )
+from reapi import invocation_queries
 
 
 def api_access(request: Request, slug: str, admin: bool = False) -> TenantAccess:
@@ -323,3 +324,76 @@ class MemberDetail(APIView):
         except invitations.MembershipError as exc:
             raise ValidationError({"detail": str(exc)}) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Invocations --------------------------------------------------------------------------------
+
+
+class InvocationSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="the client's tool_invocation_id (REAPI RequestMetadata)")
+    correlated_invocations_id = serializers.CharField()
+    cluster = serializers.CharField()
+    user = serializers.CharField()
+    token = serializers.CharField(help_text="the token's prefix (empty for a CI runner's OIDC token)")
+    tool = serializers.CharField()
+    first_call = serializers.DateTimeField()
+    last_call = serializers.DateTimeField()
+    duration_seconds = serializers.FloatField()
+    hits = serializers.IntegerField()
+    misses = serializers.IntegerField()
+    hit_rate = serializers.FloatField(allow_null=True)
+    executed = serializers.IntegerField(help_text="actions executed remotely")
+    bytes_up = serializers.IntegerField()
+    bytes_down = serializers.IntegerField()
+
+
+class ChangeSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    text = serializers.CharField()
+
+
+class ExplanationSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["explained", "no-relative", "action-missing", "later"])
+    text = serializers.CharField()
+    relative = serializers.DictField(required=False, help_text="the earlier action compared with")
+    changes = ChangeSerializer(many=True)
+
+
+class MissSerializer(serializers.Serializer):
+    action = serializers.CharField(help_text="hash/size")
+    mnemonic = serializers.CharField()
+    target = serializers.CharField()
+    outputs = serializers.ListField(child=serializers.CharField())
+    explanation = ExplanationSerializer()
+
+
+class InvocationDetailSerializer(InvocationSerializer):
+    missed = MissSerializer(many=True)
+
+
+class InvocationList(APIView):
+    @extend_schema(
+        responses=InvocationSerializer(many=True),
+        summary="Invocations, most recent first (developers: their own)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        acc = api_access(request, slug)
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "50")), 500))
+        except ValueError:
+            raise ValidationError({"limit": ["a whole number"]}) from None
+        rows = visible_invocations(acc)[:limit]
+        return Response([invocation_queries.summary(row) for row in rows])
+
+
+class InvocationDetail(APIView):
+    @extend_schema(
+        responses=InvocationDetailSerializer,
+        summary="An invocation with each miss explained (developers: their own)",
+    )
+    def get(self, request: Request, slug: str, invocation_id: str) -> Response:
+        acc = api_access(request, slug)
+        row = visible_invocations(acc).filter(invocation_id=invocation_id).first()
+        if row is None:
+            raise Http404("no such invocation")
+        return Response({**invocation_queries.summary(row), "missed": invocation_queries.explained(row)})

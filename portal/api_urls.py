@@ -26,4 +26,10 @@ urlpatterns = [
         api.MemberDetail.as_view(),
         name="api-member",
     ),
+    path("tenants/<slug:slug>/invocations/", api.InvocationList.as_view(), name="api-invocations"),
+    path(
+        "tenants/<slug:slug>/invocations/<str:invocation_id>/",
+        api.InvocationDetail.as_view(),
+        name="api-invocation",
+    ),
 ]

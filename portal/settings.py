@@ -173,6 +173,10 @@ REAPI_TOKEN_STREAMS = envint("REAPI_TOKEN_STREAMS", 300)
 REAPI_MAX_QUEUED = envint("REAPI_MAX_QUEUED", 256)
 if REAPI_TOKEN_STREAMS < 1 or REAPI_MAX_QUEUED < 1:
     raise SettingError("REAPI_TOKEN_STREAMS and REAPI_MAX_QUEUED must be at least 1")
+# How long a build's invocation record and its misses' explanations are kept (reapi/invocations.py).
+REAPI_INVOCATION_RETENTION_DAYS = envint("REAPI_INVOCATION_RETENTION_DAYS", 30)
+if REAPI_INVOCATION_RETENTION_DAYS < 1:
+    raise SettingError("REAPI_INVOCATION_RETENTION_DAYS must be at least 1")
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
 # A partial upload untouched this long is removed by the maintenance job (reapi/uploads.py).

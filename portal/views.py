@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal import audit, bazelrc, ci_identities, forms, invitations, tenancy, tokens, usage
-from portal.access import TenantAccess, access, signed_in, tenants_of, visible_tokens
+from portal.access import TenantAccess, access, signed_in, tenants_of, visible_invocations, visible_tokens
 from portal.models import CiIdentity, Membership
 from reapi.models import ResultConflict
 
@@ -140,6 +140,7 @@ def tenant_home(request: HttpRequest, acc: TenantAccess) -> HttpResponse:
         active_tokens=len(active),
         members=Membership.objects.filter(tenant=acc.tenant).count(),
         totals=usage.totals(acc.tenant, days=7),
+        latest=visible_invocations(acc)[:5],
         snippet=snippet,
         urls=settings.REAPI_URLS,
     )

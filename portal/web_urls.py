@@ -2,7 +2,16 @@
 
 from django.urls import path
 
-from portal import account_views, assets, member_views, oidc, report_views, token_views, views
+from portal import (
+    account_views,
+    assets,
+    invocation_views,
+    member_views,
+    oidc,
+    report_views,
+    token_views,
+    views,
+)
 from workers import views as worker_views
 
 urlpatterns = [
@@ -44,6 +53,12 @@ urlpatterns = [
     path("t/<slug:slug>/audit/", report_views.audit_log, name="audit"),
     path("t/<slug:slug>/usage/", report_views.usage_page, name="usage"),
     path("t/<slug:slug>/assets/", assets.assets_page, name="assets"),
+    path("t/<slug:slug>/invocations/", invocation_views.invocations_page, name="invocations"),
+    path(
+        "t/<slug:slug>/invocations/<str:invocation_id>/",
+        invocation_views.invocation_page,
+        name="invocation",
+    ),
     path("t/<slug:slug>/bazelrc/", views.bazelrc_builder, name="bazelrc"),
     path("t/<slug:slug>/workers/", worker_views.tenant_fleet_page, name="tenant_workers"),
     path("t/<slug:slug>/workers/<str:name>/", worker_views.operation_page, name="operation"),

@@ -2,7 +2,7 @@
 
 import grpc
 
-from reapi import clusters, conflicts, digests, provenance, usage
+from reapi import clusters, conflicts, digests, invocations, provenance, request_metadata, usage
 from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
 from reapi.digests import Digest
@@ -41,8 +41,13 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
             )
         except NotFound:
             usage.add(who, self.cluster, usage.MISSES)
+            meta = request_metadata.parse(context.invocation_metadata())
+            invocations.miss(who, self.cluster, backend.alias, meta, action)
             raise
         usage.add(who, self.cluster, usage.HITS)
+        invocations.add(
+            who, self.cluster, request_metadata.parse(context.invocation_metadata()), invocations.HITS
+        )
         return result
 
     @unary

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import zstandard
 
-from reapi import clusters, compression, digests, faults, usage
+from reapi import clusters, compression, digests, faults, invocations, request_metadata, usage
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
@@ -52,6 +52,8 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 yield bs_pb2.ReadResponse(data=chunk)
         finally:
             usage.add(who, self.cluster, usage.SERVED, served)
+            meta = request_metadata.parse(context.invocation_metadata())
+            invocations.add(who, self.cluster, meta, invocations.DOWN, served)
 
     def Write(
         self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
@@ -70,7 +72,9 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 # report -1, plain ones the full size.
                 return bs_pb2.WriteResponse(committed_size=-1 if name.compressor else name.digest.size)
             if name.compressor:
-                return self._write_compressed(backend, tenant, name, first, request_iterator)
+                response = self._write_compressed(backend, tenant, name, first, request_iterator)
+                self._count_up(context, name.digest.size)
+                return response
             upload = backend.cas.open_upload(tenant, name.upload_id, name.digest, first.write_offset)
             request = first
             while True:
@@ -81,6 +85,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                     committed = upload.finish()
                     upload = None
                     usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
+                    self._count_up(context, name.digest.size)
                     return bs_pb2.WriteResponse(committed_size=committed)
                 following = next(request_iterator, None)
                 if following is None:
@@ -112,6 +117,10 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             if upload is not None:
                 upload.suspend()
             raise
+
+    def _count_up(self, context: grpc.ServicerContext, size: int) -> None:
+        meta = request_metadata.parse(context.invocation_metadata())
+        invocations.add(principal(), self.cluster, meta, invocations.UP, size)
 
     def _write_compressed(
         self,

@@ -5,7 +5,7 @@ from typing import Any
 
 import grpc
 
-from reapi import clusters, compression, digests, usage
+from reapi import clusters, compression, digests, invocations, request_metadata, usage
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -108,6 +108,8 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         results = backend.cas.batch_update(tenant, items)
         stored = sum(len(data) for (_, data), err in zip(items, results, strict=True) if err is None)
         usage.add(principal(), self.cluster, usage.STORED, stored)
+        meta = request_metadata.parse(context.invocation_metadata())
+        invocations.add(principal(), self.cluster, meta, invocations.UP, stored)
         ok = rpc_status(None)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
@@ -143,6 +145,8 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
                 served += len(result)
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, data=result, status=ok))
         usage.add(principal(), self.cluster, usage.SERVED, served)
+        meta = request_metadata.parse(context.invocation_metadata())
+        invocations.add(principal(), self.cluster, meta, invocations.DOWN, served)
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @streaming

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from reapi import db_threads, digests
+from reapi import db_threads, digests, invocations, request_metadata
 from reapi.cas_service import check_digest_function
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
@@ -65,6 +65,9 @@ class ExecutionService(re_grpc.ExecutionServicer):
         action = digests.check(request.action_digest.hash, request.action_digest.size_bytes)
         writer = writer_of(who, self.cluster, context)
         op = db_threads.run(scheduler.submit, self.cluster, who, action, request.skip_cache_lookup, writer)
+        if not op.cached:
+            meta = request_metadata.parse(context.invocation_metadata())
+            invocations.add(who, self.cluster, meta, invocations.EXECUTED)
         yield from follow(op, request.instance_name, context)
 
     @streaming

@@ -216,3 +216,77 @@ class Asset(models.Model):
     @property
     def cluster(self) -> str:
         return self.storage.removeprefix("reapi-")
+
+
+class Invocation(models.Model):
+    """One build (Bazel's `tool_invocation_id`) as one tenant's server saw it: who, where, when,
+    and what it cost. Counted in memory by each server process and added every few seconds
+    (reapi.invocations), as the usage counters are; `token_id` and `user_id` are plain columns
+    so the record outlives the credential, kept REAPI_INVOCATION_RETENTION_DAYS."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invocations")
+    invocation_id = models.CharField(max_length=100)
+    correlated_invocations_id = models.CharField(max_length=100, blank=True)
+    cluster = models.CharField(max_length=20)
+    token_id = models.BigIntegerField(null=True, blank=True)
+    token_prefix = models.CharField(max_length=16, blank=True)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    username = models.CharField(max_length=150, blank=True)
+    tool_name = models.CharField(max_length=100, blank=True)
+    tool_version = models.CharField(max_length=100, blank=True)
+    first_call = models.DateTimeField()
+    last_call = models.DateTimeField()
+    hits = models.BigIntegerField(default=0)
+    misses = models.BigIntegerField(default=0)
+    executed = models.BigIntegerField(default=0)
+    bytes_up = models.BigIntegerField(default=0)
+    bytes_down = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "invocation_id"], name="reapi_one_row_per_invocation")
+        ]
+        indexes = [models.Index(fields=["tenant", "last_call"], name="reapi_invocation_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}: invocation {self.invocation_id}"
+
+    @property
+    def hit_rate(self) -> float | None:
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else None
+
+    @property
+    def duration(self) -> float:
+        return (self.last_call - self.first_call).total_seconds()
+
+
+class InvocationMiss(models.Model):
+    """An action-cache miss of one invocation, and (computed on first view, then kept) why:
+    reapi.explain compares the action with its nearest earlier relative in the tenant."""
+
+    invocation = models.ForeignKey(Invocation, on_delete=models.CASCADE, related_name="missed")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    storage = models.CharField(max_length=40)
+    cluster = models.CharField(max_length=20)
+    action_hash = models.CharField(max_length=64)
+    action_size = models.BigIntegerField()
+    mnemonic = models.CharField(max_length=100, blank=True)
+    target_id = models.CharField(max_length=300, blank=True)
+    missed_at = models.DateTimeField()
+    # SHA-256 of the Command's sorted output paths, once the Action is in the CAS.
+    outputs_key = models.CharField(max_length=64, blank=True)
+    outputs = models.JSONField(default=list, blank=True)
+    explanation = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["invocation", "action_hash"], name="reapi_one_miss_per_action")
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "outputs_key", "missed_at"], name="reapi_miss_by_outputs"),
+            models.Index(fields=["tenant", "missed_at"], name="reapi_miss_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.invocation_id}: miss {self.action_hash[:12]}"

@@ -31,8 +31,10 @@ from portal import tenancy, tokens
 from portal.csp import POLICY
 from portal.models import SCOPES, AccessToken, AuditEvent, Invitation, Membership, Tenant, UsageDay
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.models import Invocation
 from tests.execution_fixtures import ActionSpec, WorkerProcess, execution
 from tests.oidc import OidcProvider, PortalServer
+from tests.polling import wait_for
 from tests.reapi_client import Client
 from tests.servers import ReapiServer
 from tests.usage_traffic import EXPECTED, traffic, usage_of
@@ -860,6 +862,51 @@ def test_ux11_one_slug_rule_one_invitation_and_no_stale_snippet(
             expect(page.locator("#bazelrc")).to_have_count(0)
             expect(page.get_by_role("button", name="Copy .bazelrc")).to_have_count(0)
             snap(page, artifacts, "11-builder-error", width, world.csp)
+
+
+def test_ux12_a_developer_reads_why_each_action_of_a_build_missed(
+    world: World, browser: Browser, artifacts: Path, external_server: ReapiServer
+) -> None:
+    pat = tokens.issue(world.tenant, world.dev.username, name="builds-laptop").secret
+    builds = [str(uuid.uuid4()), str(uuid.uuid4())]
+    argv = ["/bin/sh", "-c", "cc -o bin/server src/main.c src/util.c"]
+    with external_server.channel() as channel:
+        client = Client(channel, pat)
+        for build, (x, main) in zip(
+            builds, (("alpha", b"int main;"), ("beta", b"int main(){}")), strict=True
+        ):
+            for target, out in (("//app:server", "bin/server"), ("//app:tool", "bin/tool")):
+                spec = ActionSpec(
+                    [*argv, out],
+                    inputs={"src": {"main.c": main, "util.c": b"int util;"}, "BUILD": b"cc_binary()"},
+                    env={"PATH": "/bin", "X": x},
+                    output_files=[out],
+                )
+                meta = re_pb2.RequestMetadata(
+                    tool_invocation_id=build,
+                    action_mnemonic="CppLink",
+                    target_id=target,
+                    tool_details=re_pb2.ToolDetails(tool_name="bazel", tool_version="4.2.3"),
+                )
+                with pytest.raises(grpc.RpcError):
+                    client.ac.GetActionResult(
+                        re_pb2.GetActionResultRequest(action_digest=spec.upload(client)),
+                        metadata=(*client.metadata, (REQUEST_METADATA, meta.SerializeToString())),
+                    )
+    wait_for(lambda: Invocation.objects.filter(invocation_id__in=builds, misses=2).count() == 2, timeout=60)
+    with Views(browser, world, world.dev) as views:
+        for width, page in views.each():
+            page.goto(views.url(f"/t/{world.tenant.slug}/"))
+            go(page, "Builds")
+            expect(page.locator("#invocations-table tbody tr")).to_have_count(2)
+            snap(page, artifacts, "12-builds", width, world.csp)
+            page.get_by_role("link", name=builds[1]).click()
+            expect(page.locator(".miss")).to_have_count(2)
+            first = page.locator(".miss").first
+            expect(first).to_contain_text("environment variable X changed: alpha → beta")
+            expect(first).to_contain_text("input file changed: src/main.c")
+            expect(first).to_contain_text("bin/server")
+            snap(page, artifacts, "12-build-explained", width, world.csp)
 
 
 def test_ux_every_other_page_at_both_widths(world: World, browser: Browser, artifacts: Path) -> None:

@@ -12,7 +12,7 @@ from portal.csp import POLICY
 from tests.servers import manage
 from tests.tenants import Persona
 
-PAGES = ("", "tokens/", "bazelrc/", "members/", "usage/", "cache-mode/", "ci/", "audit/")
+PAGES = ("", "tokens/", "bazelrc/", "members/", "usage/", "invocations/", "cache-mode/", "ci/", "audit/")
 
 
 def admin_client(acme: Persona) -> Client:

@@ -67,3 +67,14 @@ def scope_summary(scopes: list[str]) -> str:
             words += [s for s in pair if s in held]
     words += [s for s in scopes if s not in {"cas:read", "ac:read", "cas:write", "ac:write"}]
     return ", ".join(words)
+
+
+@register.filter
+def percent(rate: float | None) -> str:
+    """A share as people read it: "93%", or "–" where there was nothing to share."""
+    return "–" if rate is None else f"{rate:.0%}"
+
+
+@register.filter
+def seconds(value: float) -> str:
+    return span(timedelta(seconds=value))
