@@ -15,12 +15,13 @@ Commands arrive from workstations over the internet, so each runs with:
   bytes it writes under its directory (watched while it runs).
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
-`sh` (joins the action's cgroups) -> `prlimit` (rlimits) -> `setpriv` (drops to the sandbox's
-uid, no supplementary groups, no capabilities) -> `bwrap` -> `sh -c 'exec "$@"'` (so a missing
-program is exit 127 and one that cannot run 126, as in a shell) -> the command. Dropping the uid
-in the chain rather than in the worker lets Python start it with vfork, which costs a large
-worker process a few milliseconds less per action. The chain gets no environment: nothing of
-the action's (LD_PRELOAD…) reaches a process outside the sandbox.
+`sh` (joins the action's cgroups and sets its rlimits; `prlimit` instead where there are no
+cgroups) -> `setpriv` (drops to the sandbox's uid, no supplementary groups, no capabilities) ->
+`bwrap` -> `sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as
+in a shell) -> the command. Dropping the uid in the chain rather than in the worker lets Python
+start it with vfork, which costs a large worker process a few milliseconds less per action.
+The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a process
+outside the sandbox.
 """
 
 import contextlib
@@ -66,8 +67,13 @@ SECRETS = (
 )
 # How often the bytes an action wrote are measured, at least (a large tree is measured less often).
 WATCH_SECONDS = 0.5
-# Joins every cgroup named before `--`, then runs what follows.
-_JOIN = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
+# Joins every cgroup named before `--`, sets the per-process rlimits given as $1..$3 (open
+# files, file size in 512-byte blocks as POSIX `ulimit -f` counts, core files off), then runs
+# what follows: one shell instead of a shell and prlimit.
+_JOIN = (
+    'n=$1 f=$2; shift 2; while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; '
+    'ulimit -n "$n" && ulimit -f "$f" && ulimit -c 0 || exit 125; exec "$@"'
+)
 
 
 def group_prefix(pid: int) -> str:
@@ -253,17 +259,20 @@ def _chain(
     argv: list[str],
     env: dict[str, str],
 ) -> list[str]:
-    chain = [SH, "-c", _JOIN, "sh", *group.procs_files(), "--"] if group else []
-    chain += [
-        PRLIMIT,
-        f"--nofile={limits.nofile}",
-        f"--fsize={limits.file_size}",
-        "--core=0",
-    ]
-    if group is None:
-        # Without a cgroup, per-process limits are the best there is.
-        chain += [f"--as={limits.memory}", f"--nproc={limits.pids}"]
-    chain.append("--")
+    if group is not None:
+        blocks = max(limits.file_size // 512, 1)
+        chain = [SH, "-c", _JOIN, "sh", str(limits.nofile), str(blocks), *group.procs_files(), "--"]
+    else:
+        # Without a cgroup, per-process limits are the best there is (prlimit sets them all).
+        chain = [
+            PRLIMIT,
+            f"--nofile={limits.nofile}",
+            f"--fsize={limits.file_size}",
+            "--core=0",
+            f"--as={limits.memory}",
+            f"--nproc={limits.pids}",
+            "--",
+        ]
     if sandbox.owner:
         uid, gid = sandbox.owner
         chain += [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all", "--"]
