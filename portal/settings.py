@@ -174,6 +174,17 @@ REAPI_MAX_QUEUED = envint("REAPI_MAX_QUEUED", 256)
 if REAPI_TOKEN_STREAMS < 1 or REAPI_MAX_QUEUED < 1:
     raise SettingError("REAPI_TOKEN_STREAMS and REAPI_MAX_QUEUED must be at least 1")
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
+# Observability: HOST:PORT of the HTTP listener for /metrics, /healthz and /readyz (unset:
+# none); the request log's format; seconds a stopping server answers NOT_SERVING before it
+# stops taking calls, so load balancers move away first.
+REAPI_METRICS_LISTEN = env("REAPI_METRICS_LISTEN")
+REAPI_LOG_FORMAT = env("REAPI_LOG_FORMAT", "logfmt")
+if REAPI_LOG_FORMAT not in ("logfmt", "json"):
+    raise SettingError(f"REAPI_LOG_FORMAT must be logfmt or json, not {REAPI_LOG_FORMAT!r}")
+REAPI_DRAIN_SECONDS = envint("REAPI_DRAIN_SECONDS", 0)
+if REAPI_DRAIN_SECONDS < 0:
+    raise SettingError(f"REAPI_DRAIN_SECONDS must be at least 0, not {REAPI_DRAIN_SECONDS}")
+
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
 # A partial upload untouched this long is removed by the maintenance job (reapi/uploads.py).
 REAPI_UPLOAD_EXPIRY_HOURS = envint("REAPI_UPLOAD_EXPIRY_HOURS", 24)

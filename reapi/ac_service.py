@@ -2,7 +2,7 @@
 
 import grpc
 
-from reapi import clusters, conflicts, digests, provenance, usage
+from reapi import clusters, conflicts, digests, metrics, provenance, usage
 from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
 from reapi.digests import Digest
@@ -41,8 +41,10 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
             )
         except NotFound:
             usage.add(who, self.cluster, usage.MISSES)
+            metrics.action_cache(self.cluster, hit=False)
             raise
         usage.add(who, self.cluster, usage.HITS)
+        metrics.action_cache(self.cluster, hit=True)
         return result
 
     @unary

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import zstandard
 
-from reapi import clusters, compression, digests, faults, usage
+from reapi import clusters, compression, digests, faults, metrics, usage
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
@@ -52,6 +52,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 yield bs_pb2.ReadResponse(data=chunk)
         finally:
             usage.add(who, self.cluster, usage.SERVED, served)
+            metrics.cas(self.cluster, "read", served)
 
     def Write(
         self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
@@ -81,6 +82,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                     committed = upload.finish()
                     upload = None
                     usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
+                    metrics.cas(self.cluster, "write", name.digest.size)
                     return bs_pb2.WriteResponse(committed_size=committed)
                 following = next(request_iterator, None)
                 if following is None:
@@ -152,6 +154,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             upload.discard()
             raise
         usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
+        metrics.cas(self.cluster, "write", name.digest.size)
         # ByteStream offsets count the bytes of the stream written: here, compressed bytes.
         return bs_pb2.WriteResponse(committed_size=received)
 

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.files.storage import storages
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from reapi import usage
+from reapi import metrics_http, request_log, usage
 from reapi.ac_service import ActionCacheService
 from reapi.asset_service import FetchService, PushService
 from reapi.bytestream_service import ByteStreamService
@@ -27,6 +27,7 @@ from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.grpc_edge import AuthInterceptor, Pools
 from reapi.limits import Limiter
 from reapi.operations_service import OperationsService
+from reapi.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ SERVICES = (
 REFUSALS_IN_FLIGHT = 4096
 
 
-def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, int]:
+def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, int, health.HealthServicer]:
     if cluster not in settings.CLUSTERS:
         raise ValueError(f"unknown cluster {cluster!r} (choose {', '.join(settings.CLUSTERS)})")
+    request_log.JSON = settings.REAPI_LOG_FORMAT == "json"
     options = [
         # Batches are advertised below this limit (clusters.max_batch_bytes); the slack
         # covers digests and framing around the data.
@@ -90,7 +92,13 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _bind(server, listen)
-    return server, port
+    return server, port, health_servicer
+
+
+def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICES):
+        health_servicer.set(name, status)
 
 
 def _quick_pool(cluster: str) -> futures.ThreadPoolExecutor | None:
@@ -118,13 +126,17 @@ def _bind(server: grpc.Server, listen: str) -> int:
     return port
 
 
-def serve(cluster: str, listen: str, threads: int = 32) -> None:
-    server, _port = build(cluster, listen, threads)
+def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = "") -> None:
+    server, _port, health_servicer = build(cluster, listen, threads)
+    readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
+    if metrics_listen:
+        metrics_http.start(metrics_listen, readiness.ready)
     # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
     # out of the collector's full passes, which otherwise walk it all and stall a call by
     # ~30 ms every few seconds under load (FindMissingBlobs allocates ~30,000 objects a call).
     gc.freeze()
     server.start()
+    readiness.start()
     flusher = usage.start_flusher()  # usage counters reach the database every few seconds
     scheme = "grpcs" if settings.REAPI_TLS_CERT else "grpc"
     log.info("REAPI %s cluster serving on %s://%s (pid %d)", cluster, scheme, listen, os.getpid())
@@ -136,5 +148,12 @@ def serve(cluster: str, listen: str, threads: int = 32) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
+    # Draining: health checks and /readyz say so at once, and for REAPI_DRAIN_SECONDS the
+    # server still takes calls, while load balancers move clients away; then it stops.
+    readiness.drain()
+    readiness.stop()
+    if settings.REAPI_DRAIN_SECONDS:
+        log.info("draining for %d s before stopping", settings.REAPI_DRAIN_SECONDS)
+        threading.Event().wait(settings.REAPI_DRAIN_SECONDS)
     server.stop(grace=5).wait()
     flusher.stop()

@@ -1,0 +1,91 @@
+"""One log line per RPC (logger `reapi.requests`, INFO), in logfmt or JSON (REAPI_LOG_FORMAT).
+
+The line names the method, code, duration, CAS bytes moved, tenant, token prefix (never the
+token), the tool's invocation and action ids, and the peer. A failed call's line carries the
+request id its client's message shows ("… (request 3f2a9c1d0b4e)"), so an operator handed
+that message finds the line. Nothing is formatted when the logger is off for INFO.
+"""
+
+import contextvars
+import json
+import logging
+import re
+from typing import Any
+
+log = logging.getLogger("reapi.requests")
+
+REQUEST_ID = re.compile(r"\(request ([0-9a-f]{12})\)")
+_LOGFMT_SAFE = re.compile(r"^[A-Za-z0-9_.:/@+\-]*$")
+
+
+class Call:
+    """What the edge keeps about the call a thread is serving."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+current: contextvars.ContextVar[Call | None] = contextvars.ContextVar("call", default=None)
+
+
+def add_bytes(n: int) -> None:
+    call = current.get()
+    if call is not None:
+        call.bytes += n
+
+
+def request_id(details: str) -> str:
+    found = REQUEST_ID.search(details)
+    return found.group(1) if found else ""
+
+
+def enabled() -> bool:
+    return log.isEnabledFor(logging.INFO)
+
+
+def emit(fields: dict[str, Any], json_format: bool) -> None:
+    log.info("%s", json.dumps(fields, separators=(",", ":")) if json_format else logfmt(fields))
+
+
+def logfmt(fields: dict[str, Any]) -> str:
+    parts = []
+    for key, value in fields.items():
+        text = str(value)
+        if not _LOGFMT_SAFE.match(text) or not text:
+            text = json.dumps(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+JSON = False  # REAPI_LOG_FORMAT=json; set once by reapi.server.build
+
+
+def call_done(
+    method: str,
+    code: str,
+    seconds: float,
+    nbytes: int,
+    who: Any,
+    meta: Any,
+    peer: str,
+    details: str,
+) -> None:
+    """Log the line of one finished call. `who`: an auth.Principal, None before one is known;
+    `meta`: its RequestMetadata; `details`: the message its client was sent (errors only)."""
+    fields: dict[str, Any] = {
+        "method": method.lstrip("/"),
+        "code": code,
+        "duration_ms": round(seconds * 1000, 3),
+        "bytes": nbytes,
+        "tenant": who.tenant if who is not None else "",
+        "token_prefix": who.token_prefix if who is not None else "",
+        "tool_invocation_id": meta.tool_invocation_id[:100],
+        "action_id": meta.action_id[:100],
+        "peer": peer,
+    }
+    if code != "OK":
+        fields["request_id"] = request_id(details)
+        fields["error"] = details[:300]
+    emit(fields, JSON)
