@@ -15,18 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def registry() -> CollectorRegistry:
+def registry(extra: tuple[Collector, ...] = ()) -> CollectorRegistry:
     if os.environ.get(MULTIPROC_ENV):
-        merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)
-        return merged
-    return REGISTRY
+        chosen = CollectorRegistry()
+        multiprocess.MultiProcessCollector(chosen)
+    else:
+        chosen = REGISTRY
+    for collector in extra:
+        chosen.register(collector)
+    return chosen
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -36,9 +40,10 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def start(listen: str, ready: Callable[[], bool]) -> ThreadingHTTPServer:
-    """Serve the three paths on `listen` from a daemon thread; `ready` answers /readyz."""
-    metrics_registry = registry()
+def start(listen: str, ready: Callable[[], bool], extra: tuple[Collector, ...] = ()) -> ThreadingHTTPServer:
+    """Serve the three paths on `listen` from a daemon thread; `ready` answers /readyz;
+    `extra`: collectors read at scrape time, by this process alone."""
+    metrics_registry = registry(extra)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

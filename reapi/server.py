@@ -18,6 +18,7 @@ from reapi.asset_service import FetchService, PushService
 from reapi.bytestream_service import ByteStreamService
 from reapi.capabilities_service import CapabilitiesService
 from reapi.cas_service import CasService
+from reapi.execution_metrics import ExecutionCollector
 from reapi.execution_service import ExecutionService
 from reapi.filestorage import BlobFileSystemStorage
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_grpc
@@ -130,7 +131,7 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
     server, _port, health_servicer = build(cluster, listen, threads)
     readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
     if metrics_listen:
-        metrics_http.start(metrics_listen, readiness.ready)
+        metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
     # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
     # out of the collector's full passes, which otherwise walk it all and stall a call by
     # ~30 ms every few seconds under load (FindMissingBlobs allocates ~30,000 objects a call).

@@ -76,6 +76,7 @@ class Command(BaseCommand):
         children = [start_child(argv) for _ in range(options["processes"])]
         if metrics_dir:
             from reapi import metrics_http
+            from reapi.execution_metrics import ExecutionCollector
             from reapi.readiness import unreachable
 
             def ready() -> bool:
@@ -83,7 +84,9 @@ class Command(BaseCommand):
                 return alive and not draining and not unreachable(options["cluster"])
 
             try:
-                metrics_http.start(options["metrics_listen"], ready)
+                metrics_http.start(
+                    options["metrics_listen"], ready, (ExecutionCollector(options["cluster"]),)
+                )
             except (OSError, ValueError) as exc:
                 for child in children:
                     child.terminate()
