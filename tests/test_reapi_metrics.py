@@ -122,6 +122,8 @@ def test_the_scrape_counts_what_a_cold_and_a_warm_bazel_build_did(
         == asked
     )
     assert delta(before, after, "grpc_server_handling_seconds_count", grpc_method="GetActionResult") == asked
+    stat = {"backend": "file", "op": "find_missing"}
+    assert delta(before, after, "reapi_storage_operation_seconds_count", **stat) >= 2
     # No label carries a token, a user or a digest.
     assert not [key for key in after if any(acme.slug in v or "aw_pat_" in v for _k, v in key[1])]
 
