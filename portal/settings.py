@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so its latency covers every other middleware (portal/metrics.py).
+    "portal.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files straight from the portal's own process, hashed and compressed (no web
     # server needed in front of it for them).
