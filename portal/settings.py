@@ -180,6 +180,7 @@ if REAPI_TOKEN_STREAMS < 1 or REAPI_MAX_QUEUED < 1:
 # none); the request log's format; seconds a stopping server answers NOT_SERVING before it
 # stops taking calls, so load balancers move away first.
 REAPI_METRICS_LISTEN = env("REAPI_METRICS_LISTEN")
+REAPI_METRICS_TENANT_LABELS = envbool("REAPI_METRICS_TENANT_LABELS", False)
 REAPI_LOG_FORMAT = env("REAPI_LOG_FORMAT", "logfmt")
 if REAPI_LOG_FORMAT not in ("logfmt", "json"):
     raise SettingError(f"REAPI_LOG_FORMAT must be logfmt or json, not {REAPI_LOG_FORMAT!r}")

@@ -442,12 +442,13 @@ def _observed(
 ) -> Callable[..., Any]:
     """`inner` counted in the grpc_server_* metrics and logged, one line, by reapi.request_log."""
     counters = metrics.method(method, grpc_type)
+    slug = who.tenant if who is not None else ""
     logged = not method.startswith(PUBLIC_PREFIXES)  # probes every few seconds: counted only
     if streaming_response:
 
         def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             counters.started.inc()
-            call = request_log.Call()
+            call = request_log.Call(slug)
             request_log.current.set(call)  # not reset: see _with_principal
             start = time.perf_counter()
             failure: grpc.StatusCode | None = None
@@ -466,7 +467,7 @@ def _observed(
 
     def run(request: Any, context: grpc.ServicerContext) -> Any:
         counters.started.inc()
-        call = request_log.Call()
+        call = request_log.Call(slug)
         token = request_log.current.set(call)
         start = time.perf_counter()
         failure: grpc.StatusCode | None = None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from django.conf import settings
 from prometheus_client import Counter, Histogram
 
 from reapi import request_log
@@ -23,6 +24,10 @@ from reapi import request_log
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 EXECUTION_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 GRPC = ("grpc_type", "grpc_service", "grpc_method")
+# REAPI_METRICS_TENANT_LABELS=1: the cache's counters carry the tenant's slug too (one series
+# per tenant: for a few large tenants, not for thousands).
+TENANT_LABELS = settings.REAPI_METRICS_TENANT_LABELS
+CACHE = ("cluster", "tenant") if TENANT_LABELS else ("cluster",)
 
 STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", GRPC)
 HANDLED = Counter("grpc_server_handled_total", "RPCs completed on the server, by code.", (*GRPC, "grpc_code"))
@@ -33,18 +38,18 @@ HANDLING = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 AC_REQUESTS = Counter(
-    "reapi_action_cache_requests_total", "GetActionResult answers, hit or miss.", ("cluster", "result")
+    "reapi_action_cache_requests_total", "GetActionResult answers, hit or miss.", (*CACHE, "result")
 )
 CAS_BYTES = Counter(
-    "reapi_cas_bytes_total", "CAS bytes served (read) and stored (write).", ("cluster", "direction")
+    "reapi_cas_bytes_total", "CAS bytes served (read) and stored (write).", (*CACHE, "direction")
 )
 CAS_BLOBS = Counter(
-    "reapi_cas_blobs_total", "CAS blobs served (read) and stored (write).", ("cluster", "direction")
+    "reapi_cas_blobs_total", "CAS blobs served (read) and stored (write).", (*CACHE, "direction")
 )
 FIND_MISSING = Counter(
     "reapi_find_missing_digests_total",
     "Digests asked about by FindMissingBlobs, present or missing.",
-    ("cluster", "result"),
+    (*CACHE, "result"),
 )
 EXECUTION = Histogram(
     "reapi_execution_duration_seconds",
@@ -114,21 +119,27 @@ _auth = _children(AUTH_FAILURES)
 _limited = _children(RATE_LIMITED)
 
 
+def _cache(cluster: str) -> tuple[str, ...]:
+    return (cluster, request_log.tenant()) if TENANT_LABELS else (cluster,)
+
+
 def action_cache(cluster: str, hit: bool) -> None:
-    _ac(cluster, "hit" if hit else "miss").inc()
+    _ac(*_cache(cluster), "hit" if hit else "miss").inc()
 
 
 def cas(cluster: str, direction: str, nbytes: int, blobs: int = 1) -> None:
     """`direction`: "read" (served) or "write" (stored)."""
     if blobs:
-        _bytes(cluster, direction).inc(nbytes)
-        _blobs(cluster, direction).inc(blobs)
+        labels = _cache(cluster)
+        _bytes(*labels, direction).inc(nbytes)
+        _blobs(*labels, direction).inc(blobs)
     request_log.add_bytes(nbytes)
 
 
 def find_missing(cluster: str, asked: int, missing: int) -> None:
-    _find(cluster, "present").inc(asked - missing)
-    _find(cluster, "missing").inc(missing)
+    labels = _cache(cluster)
+    _find(*labels, "present").inc(asked - missing)
+    _find(*labels, "missing").inc(missing)
 
 
 def storage(backend: str, op: str, seconds: float) -> None:

@@ -21,10 +21,17 @@ _LOGFMT_SAFE = re.compile(r"^[A-Za-z0-9_.:/@+\-]*$")
 class Call:
     """What the edge keeps about the call a thread is serving."""
 
-    __slots__ = ("bytes",)
+    __slots__ = ("bytes", "tenant")
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: str = "") -> None:
         self.bytes = 0
+        self.tenant = tenant
+
+
+def tenant() -> str:
+    """The tenant of the call this thread serves ("" outside calls)."""
+    call = current.get()
+    return call.tenant if call is not None else ""
 
 
 current: contextvars.ContextVar[Call | None] = contextvars.ContextVar("call", default=None)

@@ -102,6 +102,17 @@ def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(name, status)
 
 
+def _cheap_log_records() -> None:
+    """Log records without what no handler of ours prints: the request log writes a line per
+    call, and finding the caller's frame, thread and process names cost half of each line
+    (~10 of ~20 µs). Setting logging._srcfile to None is the switch logging documents for the
+    first."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def _quick_pool(cluster: str) -> futures.ThreadPoolExecutor | None:
     """A few threads of their own for short reads of local storage (grpc_edge.QUICK_METHODS),
     when every store this server can use is a local filesystem: against S3 those calls wait
@@ -129,6 +140,7 @@ def _bind(server: grpc.Server, listen: str) -> int:
 
 def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = "") -> None:
     server, _port, health_servicer = build(cluster, listen, threads)
+    _cheap_log_records()
     readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
     if metrics_listen:
         metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
@@ -148,7 +160,10 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    # Woken every second: a signal taken by another thread (the metrics listener's, the
+    # readiness check's) would not interrupt an endless wait, and its handler would not run.
+    while not stop.wait(1.0):
+        pass
     # Draining: health checks and /readyz say so at once, and for REAPI_DRAIN_SECONDS the
     # server still takes calls, while load balancers move clients away; then it stops.
     readiness.drain()

@@ -5,6 +5,7 @@ One server (two processes, storage on a small tmpfs of its own so a full disk ca
 fail) and one Bazel server for the module; the drain test starts a one-process server it stops.
 """
 
+import json
 import os
 import re
 import signal
@@ -216,11 +217,35 @@ def test_the_log_line_of_a_failed_call_carries_the_request_id_its_client_was_sho
     )
 
 
-def test_it_reports_not_ready_while_it_drains(tmp_path: Path) -> None:
+def test_a_one_process_server_labels_tenants_when_asked_logs_json_and_reports_not_ready_while_it_drains(
+    acme: Persona,
+) -> None:
     listen = f"127.0.0.1:{free_port()}"
-    env = {"REAPI_METRICS_LISTEN": listen, "REAPI_DRAIN_SECONDS": "600"}
+    env = {
+        "REAPI_METRICS_LISTEN": listen,
+        "REAPI_DRAIN_SECONDS": "600",
+        "REAPI_METRICS_TENANT_LABELS": "1",
+        "REAPI_LOG_FORMAT": "json",
+    }
     server = ReapiServer("external", env=env)
     with server:
+        pat = acme.pat(acme.developer)
+        with server.channel() as channel, pytest.raises(grpc.RpcError) as missed:
+            Client(channel, pat, acme.slug).get_action_result(digest(b"never built"))
+        assert missed.value.code() == grpc.StatusCode.NOT_FOUND
+        samples = scrape(listen)
+        assert total(samples, "reapi_action_cache_requests_total", tenant=acme.slug, result="miss") == 1
+
+        line = wait_for(
+            lambda: next((ln for ln in server.log.read_text().splitlines() if "GetActionResult" in ln), "")
+        )
+        logged = json.loads(line[line.index("{") :])
+        assert logged["method"] == f"{AC}/GetActionResult"
+        assert logged["code"] == "NOT_FOUND"
+        assert logged["tenant"] == acme.slug
+        assert logged["token_prefix"] == pat[:13]
+        assert pat not in line
+
         assert get(f"http://{listen}/healthz")[0] == 200
         assert get(f"http://{listen}/readyz")[0] == 200
         assert server.proc is not None

@@ -4,6 +4,7 @@
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -100,8 +101,18 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        codes = [child.wait() for child in children]
+        codes = [_wait(child) for child in children]
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if any(codes):
             raise CommandError(f"server processes exited with {codes}")
+
+
+def _wait(child: "subprocess.Popen[bytes]") -> int:
+    # In steps: a signal taken by the metrics listener's thread would not interrupt an endless
+    # wait, and `forward` would not run until a child exited.
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
