@@ -23,6 +23,8 @@ def unreachable(cluster: str) -> str:
             cursor.execute("SELECT 1")
     except Exception:
         return "database"
+    finally:
+        connection.close()  # also called from short-lived threads (a supervisor's /readyz)
     store = storages[f"reapi-{cluster}"]
     try:
         if isinstance(store, FileSystemStorage):

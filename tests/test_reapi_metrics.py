@@ -217,11 +217,20 @@ def test_the_log_line_of_a_failed_call_carries_the_request_id_its_client_was_sho
     )
 
 
-def test_a_one_process_server_labels_tenants_when_asked_logs_json_and_reports_not_ready_while_it_drains(
-    acme: Persona,
+def health(server: ReapiServer) -> int:
+    with server.channel() as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    return int(reply.status)
+
+
+def test_a_one_process_server_labels_tenants_when_asked_logs_json_and_is_not_ready_without_storage_or_while_it_drains(
+    acme: Persona, tmp_path: Path
 ) -> None:
     listen = f"127.0.0.1:{free_port()}"
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
     env = {
+        "REAPI_STORAGE_EXTERNAL": f"file://{blobs}",
         "REAPI_METRICS_LISTEN": listen,
         "REAPI_DRAIN_SECONDS": "600",
         "REAPI_METRICS_TENANT_LABELS": "1",
@@ -248,12 +257,18 @@ def test_a_one_process_server_labels_tenants_when_asked_logs_json_and_reports_no
 
         assert get(f"http://{listen}/healthz")[0] == 200
         assert get(f"http://{listen}/readyz")[0] == 200
+        # Its storage gone (a volume unmounted): not ready, NOT_SERVING; back: ready again.
+        blobs.rename(tmp_path / "away")
+        assert wait_for(lambda: get(f"http://{listen}/readyz")[0] == 503)
+        assert health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
+        (tmp_path / "away").rename(blobs)
+        assert wait_for(lambda: get(f"http://{listen}/readyz")[0] == 200)
+        assert health(server) == health_pb2.HealthCheckResponse.SERVING
+
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
         assert wait_for(lambda: get(f"http://{listen}/readyz")[0] == 503)
-        with server.channel() as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
         # Still alive and answering while it drains.
         assert get(f"http://{listen}/healthz")[0] == 200
         server.proc.kill()
