@@ -15,7 +15,7 @@ from typing import Any
 log = logging.getLogger("reapi.requests")
 
 REQUEST_ID = re.compile(r"\(request ([0-9a-f]{12})\)")
-_LOGFMT_SAFE = re.compile(r"^[A-Za-z0-9_.:/@+\-]*$")
+_LOGFMT_SAFE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
 
 
 class Call:
@@ -57,13 +57,16 @@ def emit(fields: dict[str, Any], json_format: bool) -> None:
 
 
 def logfmt(fields: dict[str, Any]) -> str:
-    parts = []
-    for key, value in fields.items():
-        text = str(value)
-        if not _LOGFMT_SAFE.match(text) or not text:
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+    return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+
+
+def _value(value: Any) -> str:
+    # Quoted (JSON string escapes) when empty or when it holds anything but a plain token:
+    # what a client sent cannot start a field of its own or a line.
+    text = value if isinstance(value, str) else str(value)
+    if not text:
+        return '""'
+    return text if _LOGFMT_SAFE.fullmatch(text) else json.dumps(text)
 
 
 JSON = False  # REAPI_LOG_FORMAT=json; set once by reapi.server.build

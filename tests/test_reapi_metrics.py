@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from reapi.request_metadata import KEY as REQUEST_METADATA_KEY
 from tests.bazel import bazel_in, genrule_sizes, write_workspace
 from tests.polling import wait_for
 from tests.reapi_client import Client, digest
@@ -282,3 +283,24 @@ def test_the_metrics_listener_answers_404_for_other_paths(metered: tuple[ReapiSe
     families = {family.name for family in text_string_to_metric_families(text)}
     # Read from the database at scrape time, by the supervisor alone.
     assert {"reapi_execution_queue_length", "reapi_workers_online", "grpc_server_started"} <= families
+
+
+def test_a_clients_request_metadata_cannot_forge_a_request_log_line(
+    metered: tuple[ReapiServer, str], acme: Persona
+) -> None:
+    server, _listen = metered
+    pat = acme.pat(acme.developer)
+    forged = "x\nmethod=forged code=OK"
+    meta = re_pb2.RequestMetadata(tool_invocation_id=forged, action_id="a b")
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as missed:
+        re_grpc.ActionCacheStub(channel).GetActionResult(
+            re_pb2.GetActionResultRequest(instance_name=acme.slug, action_digest=digest(b"forged")),
+            metadata=(("x-aspect", pat), (REQUEST_METADATA_KEY, meta.SerializeToString())),
+        )
+    assert missed.value.code() == grpc.StatusCode.NOT_FOUND
+    line = wait_for(
+        lambda: next((ln for ln in server.log.read_text().splitlines() if "method=forged" in ln), "")
+    )
+    assert line.startswith("method=build.bazel.remote.execution.v2.ActionCache/GetActionResult ")
+    assert 'tool_invocation_id="x\\nmethod=forged code=OK" action_id="a b" ' in line
+    assert not any(ln.startswith("method=forged") for ln in server.log.read_text().splitlines())
