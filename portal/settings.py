@@ -184,6 +184,9 @@ REAPI_METRICS_TENANT_LABELS = envbool("REAPI_METRICS_TENANT_LABELS", False)
 REAPI_LOG_FORMAT = env("REAPI_LOG_FORMAT", "logfmt")
 if REAPI_LOG_FORMAT not in ("logfmt", "json"):
     raise SettingError(f"REAPI_LOG_FORMAT must be logfmt or json, not {REAPI_LOG_FORMAT!r}")
+REAPI_REQUEST_LOG = env("REAPI_REQUEST_LOG", "all")
+if REAPI_REQUEST_LOG not in ("all", "errors"):
+    raise SettingError(f"REAPI_REQUEST_LOG must be all or errors, not {REAPI_REQUEST_LOG!r}")
 REAPI_DRAIN_SECONDS = envint("REAPI_DRAIN_SECONDS", 0)
 if REAPI_DRAIN_SECONDS < 0:
     raise SettingError(f"REAPI_DRAIN_SECONDS must be at least 0, not {REAPI_DRAIN_SECONDS}")

@@ -497,7 +497,7 @@ def _done(
     # An abort (every error of ours) set the code; an exception past it is grpcio's UNKNOWN.
     code = context.code() or failure or grpc.StatusCode.OK  # type: ignore[attr-defined]
     counters.done(code, seconds)
-    if logged and request_log.enabled():
+    if logged and request_log.enabled(code.name):
         details = context.details() if code is not grpc.StatusCode.OK else b""  # type: ignore[attr-defined]
         request_log.call_done(
             method,

@@ -48,12 +48,19 @@ def request_id(details: str) -> str:
     return found.group(1) if found else ""
 
 
-def enabled() -> bool:
-    return log.isEnabledFor(logging.INFO)
+# Codes that are a normal answer, logged at INFO; any other at WARNING, so that the logger at
+# WARNING (REAPI_REQUEST_LOG=errors) keeps the failures, request ids included, for the cost
+# of nothing per successful call.
+NORMAL = frozenset({"OK", "NOT_FOUND"})
+
+
+def enabled(code: str) -> bool:
+    return log.isEnabledFor(logging.INFO if code in NORMAL else logging.WARNING)
 
 
 def emit(fields: dict[str, Any], json_format: bool) -> None:
-    log.info("%s", json.dumps(fields, separators=(",", ":")) if json_format else logfmt(fields))
+    level = logging.INFO if fields["code"] in NORMAL else logging.WARNING
+    log.log(level, "%s", json.dumps(fields, separators=(",", ":")) if json_format else logfmt(fields))
 
 
 def logfmt(fields: dict[str, Any]) -> str:

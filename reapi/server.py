@@ -50,6 +50,8 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
     if cluster not in settings.CLUSTERS:
         raise ValueError(f"unknown cluster {cluster!r} (choose {', '.join(settings.CLUSTERS)})")
     request_log.JSON = settings.REAPI_LOG_FORMAT == "json"
+    if settings.REAPI_REQUEST_LOG == "errors":
+        request_log.log.setLevel(logging.WARNING)
     options = [
         # Batches are advertised below this limit (clusters.max_batch_bytes); the slack
         # covers digests and framing around the data.
