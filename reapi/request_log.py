@@ -6,10 +6,12 @@ request id its client's message shows ("… (request 3f2a9c1d0b4e)"), so an oper
 that message finds the line. Nothing is formatted when the logger is off for INFO.
 """
 
+import contextlib
 import contextvars
 import json
 import logging
 import re
+import threading
 from typing import Any
 
 log = logging.getLogger("reapi.requests")
@@ -106,3 +108,54 @@ def call_done(
         fields["request_id"] = request_id(details)
         fields["error"] = details[:300]
     emit(fields, JSON)
+
+
+class BatchingHandler(logging.Handler):
+    """Writes the request log's lines to `stream` in batches, every `interval` seconds.
+
+    A line per call written and flushed at once cost a server ~60 µs of CPU a call (a system
+    call each, and the GIL handed round the threads waiting for it): over a quarter of a
+    GetActionResult. In batches it costs what formatting the line does. A line reaches the
+    stream within `interval`; `close` writes what is left.
+    """
+
+    def __init__(self, stream: Any, interval: float = 0.5) -> None:
+        super().__init__()
+        self.stream = stream
+        self.interval = interval
+        self._lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))  # under the handler's lock (Handler.handle)
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._lines = self._lines, []
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            # A closed or full stream: those lines are dropped, the server goes on.
+            with contextlib.suppress(Exception):
+                self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
+
+
+def write_in_batches(stream: Any) -> BatchingHandler:
+    """Send the request log to `stream` in batches instead of through the root handlers."""
+    handler = BatchingHandler(stream)
+    log.addHandler(handler)
+    log.propagate = False
+    return handler

@@ -4,6 +4,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 from concurrent import futures
 
@@ -143,6 +144,7 @@ def _bind(server: grpc.Server, listen: str) -> int:
 def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = "") -> None:
     server, _port, health_servicer = build(cluster, listen, threads)
     _cheap_log_records()
+    batches = request_log.write_in_batches(sys.stderr)
     readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
     if metrics_listen:
         metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
@@ -175,3 +177,4 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
         threading.Event().wait(settings.REAPI_DRAIN_SECONDS)
     server.stop(grace=5).wait()
     flusher.stop()
+    batches.close()
