@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so its latency covers every other middleware (portal/metrics.py).
+    "portal.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files straight from the portal's own process, hashed and compressed (no web
     # server needed in front of it for them).
@@ -178,6 +180,21 @@ REAPI_INVOCATION_RETENTION_DAYS = envint("REAPI_INVOCATION_RETENTION_DAYS", 30)
 if REAPI_INVOCATION_RETENTION_DAYS < 1:
     raise SettingError("REAPI_INVOCATION_RETENTION_DAYS must be at least 1")
 # Where partially uploaded ByteStream writes wait, so QueryWriteStatus can resume them.
+# Observability: HOST:PORT of the HTTP listener for /metrics, /healthz and /readyz (unset:
+# none); the request log's format; seconds a stopping server answers NOT_SERVING before it
+# stops taking calls, so load balancers move away first.
+REAPI_METRICS_LISTEN = env("REAPI_METRICS_LISTEN")
+REAPI_METRICS_TENANT_LABELS = envbool("REAPI_METRICS_TENANT_LABELS", False)
+REAPI_LOG_FORMAT = env("REAPI_LOG_FORMAT", "logfmt")
+if REAPI_LOG_FORMAT not in ("logfmt", "json"):
+    raise SettingError(f"REAPI_LOG_FORMAT must be logfmt or json, not {REAPI_LOG_FORMAT!r}")
+REAPI_REQUEST_LOG = env("REAPI_REQUEST_LOG", "all")
+if REAPI_REQUEST_LOG not in ("all", "errors"):
+    raise SettingError(f"REAPI_REQUEST_LOG must be all or errors, not {REAPI_REQUEST_LOG!r}")
+REAPI_DRAIN_SECONDS = envint("REAPI_DRAIN_SECONDS", 0)
+if REAPI_DRAIN_SECONDS < 0:
+    raise SettingError(f"REAPI_DRAIN_SECONDS must be at least 0, not {REAPI_DRAIN_SECONDS}")
+
 REAPI_UPLOAD_DIR = DATA_DIR / "uploads"
 # A partial upload untouched this long is removed by the maintenance job (reapi/uploads.py).
 REAPI_UPLOAD_EXPIRY_HOURS = envint("REAPI_UPLOAD_EXPIRY_HOURS", 24)

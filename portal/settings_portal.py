@@ -5,6 +5,7 @@ environment variable read strictly: a half-configured provider stops start-up wi
 the missing variables instead of failing at the first login.
 """
 
+import ipaddress
 import re
 
 from portal.env import SettingError, env, envint, envlist
@@ -129,3 +130,13 @@ if _bad_algs:
 # --- Usage counters (reapi/usage.py) ------------------------------------------------------------
 # How often a gRPC server process adds what it counted in memory to the database.
 REAPI_USAGE_FLUSH_SECONDS = envint("REAPI_USAGE_FLUSH_SECONDS", 10)
+
+# --- The portal's /metrics (portal/metrics.py) ---------------------------------------------
+# Addresses or networks allowed to scrape, comma-separated (e.g. 10.0.0.0/8,127.0.0.1); and/or
+# a bearer a scraper sends. Neither set: /metrics answers 403 to everyone.
+METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS")
+try:
+    METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network(text, strict=False) for text in METRICS_ALLOWED_IPS]
+except ValueError as _exc:
+    raise SettingError(f"METRICS_ALLOWED_IPS: {_exc}") from None
+METRICS_BEARER_TOKEN = env("METRICS_BEARER_TOKEN")

@@ -1,13 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from portal import forms, views
+from portal import forms, metrics, views
 
 # Password sign-ins through the admin site are throttled like the portal's (portal/login_throttle.py).
 admin.site.login_form = forms.AdminLoginForm
 
 urlpatterns = [
     # With an OpenID provider, the admin site signs in through it too (no second password login).
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/login/", views.admin_login),
     path("admin/", admin.site.urls),
     path("api/v1/", include("portal.api_urls")),

@@ -2,7 +2,7 @@
 
 import grpc
 
-from reapi import clusters, conflicts, digests, invocations, provenance, request_metadata, usage
+from reapi import clusters, conflicts, digests, invocations, metrics, provenance, request_metadata, usage
 from reapi.auth import Principal
 from reapi.cas_service import check_digest_function
 from reapi.digests import Digest
@@ -43,8 +43,10 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
             usage.add(who, self.cluster, usage.MISSES)
             meta = request_metadata.parse(context.invocation_metadata())
             invocations.miss(who, self.cluster, backend.alias, meta, action)
+            metrics.action_cache(self.cluster, hit=False)
             raise
         usage.add(who, self.cluster, usage.HITS)
+        metrics.action_cache(self.cluster, hit=True)
         invocations.add(
             who, self.cluster, request_metadata.parse(context.invocation_metadata()), invocations.HITS
         )

@@ -56,7 +56,7 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from django.db.models import F
 from django.utils import timezone
 
-from reapi import clusters, digests, egress, http_fetch, uploads, usage
+from reapi import clusters, digests, egress, http_fetch, metrics, uploads, usage
 from reapi.auth import Principal
 from reapi.digests import Digest
 from reapi.errors import (
@@ -682,6 +682,7 @@ def _download_one(
         else:
             cas.commit_file(caller.tenant, digest, path)
             usage.add(caller.who, caller.cluster, usage.STORED, digest.size)
+            metrics.cas(caller.cluster, "write", digest.size)
     finally:
         f.close()
         with contextlib.suppress(OSError):

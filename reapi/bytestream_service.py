@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import zstandard
 
-from reapi import clusters, compression, digests, faults, invocations, request_metadata, usage
+from reapi import clusters, compression, digests, faults, invocations, metrics, request_metadata, usage
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
@@ -54,6 +54,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             usage.add(who, self.cluster, usage.SERVED, served)
             meta = request_metadata.parse(context.invocation_metadata())
             invocations.add(who, self.cluster, meta, invocations.DOWN, served)
+            metrics.cas(self.cluster, "read", served)
 
     def Write(
         self, request_iterator: Iterator[bs_pb2.WriteRequest], context: grpc.ServicerContext
@@ -86,6 +87,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                     upload = None
                     usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
                     self._count_up(context, name.digest.size)
+                    metrics.cas(self.cluster, "write", name.digest.size)
                     return bs_pb2.WriteResponse(committed_size=committed)
                 following = next(request_iterator, None)
                 if following is None:
@@ -161,6 +163,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             upload.discard()
             raise
         usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
+        metrics.cas(self.cluster, "write", name.digest.size)
         # ByteStream offsets count the bytes of the stream written: here, compressed bytes.
         return bs_pb2.WriteResponse(committed_size=received)
 

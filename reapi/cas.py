@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
-from reapi import digests, faults, messages, uploads
+from reapi import digests, faults, messages, metrics, uploads
 from reapi.blobstore import BlobStore
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError, ResourceExhausted
@@ -27,6 +27,27 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1024 * 1024
 DEFAULT_TREE_PAGE = 1000
 MAX_TREE_PAGE = 10000
+# reapi_storage_operation_seconds' backend label, by the store's class.
+BACKENDS = {"FileBlobStore": "file", "S3BlobStore": "s3"}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _timed(op: str) -> Callable[[F], F]:
+    """Observe a Cas method's duration as reapi_storage_operation_seconds{backend, op}."""
+
+    def decorate(method: F) -> F:
+        def timed(self: "Cas", *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                metrics.storage(self.backend, op, time.perf_counter() - start)
+
+        timed.__name__, timed.__doc__ = method.__name__, method.__doc__
+        return timed  # type: ignore[return-value]
+
+    return decorate
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +74,7 @@ class Cas:
         self.presence = Presence(store)
         self.max_batch_bytes = max_batch_bytes
         self.spool = store.spool_dir()
+        self.backend = BACKENDS.get(type(store).__name__, type(store).__name__.lower())
 
     # --- presence -------------------------------------------------------------------------
 
@@ -78,6 +100,7 @@ class Cas:
         )
         return [wanted[i] for i in missing]
 
+    @_timed("find_missing")
     def find_missing_hashes(
         self, tenant: str, hashes: Sequence[str], sizes: Sequence[int], verify: bool = False
     ) -> list[int]:
@@ -117,6 +140,7 @@ class Cas:
                 f"({self.max_batch_bytes}); use ByteStream for large blobs"
             )
 
+    @_timed("batch_write")
     def batch_update(
         self, tenant: str, items: list[tuple[Digest | ReapiError, bytes]]
     ) -> list[ReapiError | None]:
@@ -161,6 +185,7 @@ class Cas:
             self.presence.confirm_many(((key, len(data)) for key, data in to_write.items()), now)
         return results
 
+    @_timed("read")
     def get(self, tenant: str, digest: Digest) -> bytes:
         if digest == digests.EMPTY:
             return b""
@@ -177,6 +202,7 @@ class Cas:
             self.presence.confirm(key, digest.size, None, now)
         return data
 
+    @_timed("batch_read")
     def batch_read(self, tenant: str, wanted: list[Digest | ReapiError]) -> list[bytes | ReapiError]:
         self.check_batch_size(sum(d.size for d in wanted if isinstance(d, Digest)), "read")
         get_many = getattr(self.store, "get_many", None)
@@ -271,6 +297,7 @@ class Cas:
         """Bytes of the tenant's partial uploads: stored, not yet blobs, not evictable."""
         return uploads.parked_bytes(self.spool, tenant)
 
+    @_timed("write")
     def commit_file(self, tenant: str, digest: Digest, path: Path) -> None:
         key = digests.cas_key(tenant, digest)
         self.store.put_file(key, path)

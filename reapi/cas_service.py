@@ -5,7 +5,7 @@ from typing import Any
 
 import grpc
 
-from reapi import clusters, compression, digests, invocations, request_metadata, usage
+from reapi import clusters, compression, digests, invocations, metrics, request_metadata, usage
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -80,6 +80,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         sizes = [d.size_bytes for d in wanted]
         check_all(hashes, sizes)
         missing = backend.cas.find_missing_hashes(tenant, hashes, sizes)
+        metrics.find_missing(self.cluster, len(wanted), len(missing))
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[wanted[i] for i in missing])
 
     @unary
@@ -110,6 +111,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         usage.add(principal(), self.cluster, usage.STORED, stored)
         meta = request_metadata.parse(context.invocation_metadata())
         invocations.add(principal(), self.cluster, meta, invocations.UP, stored)
+        metrics.cas(self.cluster, "write", stored, sum(1 for err in results if err is None))
         ok = rpc_status(None)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
@@ -147,6 +149,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         usage.add(principal(), self.cluster, usage.SERVED, served)
         meta = request_metadata.parse(context.invocation_metadata())
         invocations.add(principal(), self.cluster, meta, invocations.DOWN, served)
+        metrics.cas(self.cluster, "read", served, sum(1 for r in results if not isinstance(r, ReapiError)))
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @streaming

@@ -18,9 +18,15 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from reapi import auth, faults, provenance
-from reapi.errors import FailedPrecondition, PermissionDenied, RateLimited, ReapiError, Unavailable
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi import auth, faults, metrics, provenance, request_log, request_metadata
+from reapi.errors import (
+    FailedPrecondition,
+    PermissionDenied,
+    RateLimited,
+    ReapiError,
+    Unauthenticated,
+    Unavailable,
+)
 from reapi.gen.google.rpc import error_details_pb2, status_pb2
 from reapi.limits import Credential, Limiter, note_shed
 
@@ -71,19 +77,12 @@ def principal() -> auth.Principal:
     return _principal.get()
 
 
-# REAPI: clients send RequestMetadata, binary, under this key on every call.
-REQUEST_METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
+REQUEST_METADATA_KEY = request_metadata.KEY
 
 
 def writer_of(who: auth.Principal, cluster: str, context: grpc.ServicerContext) -> provenance.Writer:
     """Who is writing, for provenance: the credential, plus the tool's own RequestMetadata."""
-    meta = re_pb2.RequestMetadata()
-    for key, value in context.invocation_metadata():
-        if key == REQUEST_METADATA_KEY and isinstance(value, bytes):
-            try:
-                meta.ParseFromString(value)
-            except Exception:
-                meta.Clear()  # provenance is best effort about the client's claims
+    meta = request_metadata.parse(context.invocation_metadata())  # type: ignore[arg-type]
     return provenance.Writer(
         token_id=who.token_id,
         token_prefix=who.token_prefix,
@@ -221,6 +220,9 @@ STREAM_METHODS = WAITING_METHODS | {BS + "Read", BS + "Write"}
 
 HEALTH = "/grpc.health.v1.Health/"
 
+# reapi_auth_failures_total's reason for what authenticating raised.
+_AUTH_REASONS: dict[type, str] = {Unauthenticated: "unauthenticated", Unavailable: "credential_store"}
+
 # What a stream needs to take one of its credential's slots (None: not a stream).
 Slot = tuple[Limiter, Credential] | None
 
@@ -272,6 +274,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         name, pool = self.routes.get(method, ("main", self.pools.main))
+        who: auth.Principal | None = None
         try:
             # Shed before anything else: a call that would queue behind this many is better
             # answered now, so the client retries (elsewhere) before its deadline passes.
@@ -281,18 +284,29 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     "this server process is overloaded (its queue of calls is full); retry shortly"
                 )
             if method.startswith(PUBLIC_PREFIXES):
-                return _replace_behaviour(handler, _same, pool)
-            who = auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
+                return _replace_behaviour(handler, _same, pool, method, None)
+            try:
+                who = auth.authenticate(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
+            except ReapiError as err:
+                metrics.auth_failure(_AUTH_REASONS.get(type(err), "unauthenticated"))
+                raise
             if method not in METHOD_SCOPES:
+                metrics.auth_failure("method")
                 raise PermissionDenied(f"method {method} is not served to credentials")
             scope = METHOD_SCOPES[method]
-            if scope is not None:
+            if scope is not None and scope not in who.scopes:
+                metrics.auth_failure("scope")
                 who.require(scope)
             slot = self._admit(who, method)
         except ReapiError as err:
-            return self._refusal(err)
+            return self._refusal(err, handler, method, who)
+        principal_of = who
         return _replace_behaviour(
-            handler, lambda inner, streams: _with_principal(inner, who, streams, slot), pool
+            handler,
+            lambda inner, streams: _with_principal(inner, principal_of, streams, slot),
+            pool,
+            method,
+            who,
         )
 
     def _admit(self, who: auth.Principal, method: str) -> Slot:
@@ -306,15 +320,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise self.limiter.streams_refusal(state, who.caller)
         return self.limiter, state
 
-    def _refusal(self, err: ReapiError) -> grpc.RpcMethodHandler:
+    def _refusal(
+        self, err: ReapiError, handler: grpc.RpcMethodHandler, method: str, who: auth.Principal | None
+    ) -> grpc.RpcMethodHandler:
         # Served as a client-streaming call whatever the method, so grpcio never waits for
         # the request message (a slow client cannot hold the refusals' threads), and on
         # threads of its own, so it does not queue behind the calls it refuses to add to.
         def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             abort(context, err)
 
-        refuse.experimental_thread_pool = self.pools.refusals  # type: ignore[attr-defined]
-        return grpc.stream_unary_rpc_method_handler(refuse)
+        behaviour = _observed(refuse, method, _grpc_type(handler), False, who)
+        behaviour.experimental_thread_pool = self.pools.refusals  # type: ignore[attr-defined]
+        return grpc.stream_unary_rpc_method_handler(behaviour)
 
 
 def _same(inner: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
@@ -388,10 +405,13 @@ def _replace_behaviour(
     handler: grpc.RpcMethodHandler,
     make: Callable[[Callable[..., Any], bool], Callable[..., Any]],
     pool: futures.ThreadPoolExecutor,
+    method: str,
+    who: auth.Principal | None,
 ) -> grpc.RpcMethodHandler:
-    """`handler` with its behaviour wrapped by `make`, to run on `pool` (grpcio's
-    per-behaviour experimental_thread_pool)."""
+    """`handler` with its behaviour wrapped by `make` and observed (metrics, request log), to
+    run on `pool` (grpcio's per-behaviour experimental_thread_pool)."""
     des, ser = handler.request_deserializer, handler.response_serializer
+    grpc_type = _grpc_type(handler)
     if handler.unary_unary:
         behaviour = make(handler.unary_unary, False)
         wrap: Callable[..., grpc.RpcMethodHandler] = grpc.unary_unary_rpc_method_handler
@@ -402,5 +422,90 @@ def _replace_behaviour(
     else:
         assert handler.stream_stream is not None
         behaviour, wrap = make(handler.stream_stream, True), grpc.stream_stream_rpc_method_handler
+    behaviour = _observed(behaviour, method, grpc_type, bool(handler.response_streaming), who)
     behaviour.experimental_thread_pool = pool  # type: ignore[attr-defined]
     return wrap(behaviour, des, ser)
+
+
+def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+def _observed(
+    inner: Callable[..., Any],
+    method: str,
+    grpc_type: str,
+    streaming_response: bool,
+    who: auth.Principal | None,
+) -> Callable[..., Any]:
+    """`inner` counted in the grpc_server_* metrics and logged, one line, by reapi.request_log."""
+    counters = metrics.method(method, grpc_type)
+    slug = who.tenant if who is not None else ""
+    logged = not method.startswith(PUBLIC_PREFIXES)  # probes every few seconds: counted only
+    if streaming_response:
+
+        def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            counters.started.inc()
+            call = request_log.Call(slug)
+            request_log.current.set(call)  # not reset: see _with_principal
+            start = time.perf_counter()
+            failure: grpc.StatusCode | None = None
+            try:
+                yield from inner(request, context)
+            except GeneratorExit:
+                failure = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                failure = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                _done(counters, context, start, call, failure, method, who, logged)
+
+        return run_stream
+
+    def run(request: Any, context: grpc.ServicerContext) -> Any:
+        counters.started.inc()
+        call = request_log.Call(slug)
+        token = request_log.current.set(call)
+        start = time.perf_counter()
+        failure: grpc.StatusCode | None = None
+        try:
+            return inner(request, context)
+        except BaseException:
+            failure = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            request_log.current.reset(token)
+            _done(counters, context, start, call, failure, method, who, logged)
+
+    return run
+
+
+def _done(
+    counters: metrics.Method,
+    context: grpc.ServicerContext,
+    start: float,
+    call: request_log.Call,
+    failure: grpc.StatusCode | None,
+    method: str,
+    who: auth.Principal | None,
+    logged: bool,
+) -> None:
+    seconds = time.perf_counter() - start
+    # An abort (every error of ours) set the code; an exception past it is grpcio's UNKNOWN.
+    code = context.code() or failure or grpc.StatusCode.OK  # type: ignore[attr-defined]
+    counters.done(code, seconds)
+    if logged and request_log.enabled(code.name):
+        details = context.details() if code is not grpc.StatusCode.OK else b""  # type: ignore[attr-defined]
+        request_log.call_done(
+            method,
+            code.name,
+            seconds,
+            call.bytes,
+            who,
+            request_metadata.parse(context.invocation_metadata()),  # type: ignore[arg-type]
+            context.peer(),
+            details.decode("utf-8", "replace") if isinstance(details, bytes) else str(details or ""),
+        )

@@ -27,6 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from portal.rates import Rate
+from reapi import metrics
 from reapi.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class Limiter:
         # Stream refusals come from handler threads: two may race on the counts below, which
         # costs a log line a miscounted call at worst, never a limit.
         RATE_LIMITED.add((caller.tenant, reason))
+        metrics.rate_limited(reason)
         state.refused_since_warning += 1
         if now - state.warned_at >= WARN_INTERVAL_SECONDS:
             count, state.refused_since_warning, state.warned_at = state.refused_since_warning, 0, now

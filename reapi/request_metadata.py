@@ -2,8 +2,9 @@
 
 REAPI: clients send a serialized build.bazel.remote.execution.v2.RequestMetadata, binary,
 under `build.bazel.remote.execution.v2.requestmetadata-bin` on every call. It is the client's
-claim and nothing more: an oversize header or one that does not parse is ignored (the call
-goes on without it), and every string is cut to a bound before anyone stores it.
+claim and nothing more, for logs, invocations and provenance, never for access: an oversize
+header or one that does not parse reads as empty (the call goes on without it), and every
+string is cut to a bound before anyone logs or stores it.
 """
 
 from collections.abc import Iterable
@@ -17,20 +18,21 @@ ID_CHARS = 100
 LABEL_CHARS = 300
 
 
-def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> re_pb2.RequestMetadata | None:
-    """The call's RequestMetadata with its strings bounded, or None when absent or unusable."""
+def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> re_pb2.RequestMetadata:
+    """The call's RequestMetadata with its strings bounded; empty when absent or unusable."""
+    meta = re_pb2.RequestMetadata()
     for key, value in metadata or ():
         if key != KEY or not isinstance(value, bytes):
             continue
         if len(value) > MAX_HEADER_BYTES:
-            return None
-        meta = re_pb2.RequestMetadata()
+            return meta
         try:
             meta.ParseFromString(value)
         except Exception:
-            return None
+            meta.Clear()
+            return meta
         return bounded(meta)
-    return None
+    return meta
 
 
 def bounded(meta: re_pb2.RequestMetadata) -> re_pb2.RequestMetadata:

@@ -4,6 +4,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 from concurrent import futures
 
@@ -12,12 +13,13 @@ from django.conf import settings
 from django.core.files.storage import storages
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from reapi import usage
+from reapi import metrics_http, request_log, usage
 from reapi.ac_service import ActionCacheService
 from reapi.asset_service import FetchService, PushService
 from reapi.bytestream_service import ByteStreamService
 from reapi.capabilities_service import CapabilitiesService
 from reapi.cas_service import CasService
+from reapi.execution_metrics import ExecutionCollector
 from reapi.execution_service import ExecutionService
 from reapi.filestorage import BlobFileSystemStorage
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_grpc
@@ -27,6 +29,7 @@ from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.grpc_edge import AuthInterceptor, Pools
 from reapi.limits import Limiter
 from reapi.operations_service import OperationsService
+from reapi.readiness import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,12 @@ SERVICES = (
 REFUSALS_IN_FLIGHT = 4096
 
 
-def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, int]:
+def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, int, health.HealthServicer]:
     if cluster not in settings.CLUSTERS:
         raise ValueError(f"unknown cluster {cluster!r} (choose {', '.join(settings.CLUSTERS)})")
+    request_log.JSON = settings.REAPI_LOG_FORMAT == "json"
+    if settings.REAPI_REQUEST_LOG == "errors":
+        request_log.log.setLevel(logging.WARNING)
     options = [
         # Batches are advertised below this limit (clusters.max_batch_bytes); the slack
         # covers digests and framing around the data.
@@ -90,7 +96,24 @@ def build(cluster: str, listen: str, threads: int = 32) -> tuple[grpc.Server, in
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _bind(server, listen)
-    return server, port
+    return server, port, health_servicer
+
+
+def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICES):
+        health_servicer.set(name, status)
+
+
+def _cheap_log_records() -> None:
+    """Log records without what no handler of ours prints: the request log writes a line per
+    call, and finding the caller's frame, thread and process names cost half of each line
+    (~10 of ~20 µs). Setting logging._srcfile to None is the switch logging documents for the
+    first."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def _quick_pool(cluster: str) -> futures.ThreadPoolExecutor | None:
@@ -118,13 +141,19 @@ def _bind(server: grpc.Server, listen: str) -> int:
     return port
 
 
-def serve(cluster: str, listen: str, threads: int = 32) -> None:
-    server, _port = build(cluster, listen, threads)
+def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = "") -> None:
+    server, _port, health_servicer = build(cluster, listen, threads)
+    _cheap_log_records()
+    batches = request_log.write_in_batches(sys.stderr)
+    readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
+    if metrics_listen:
+        metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
     # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
     # out of the collector's full passes, which otherwise walk it all and stall a call by
     # ~30 ms every few seconds under load (FindMissingBlobs allocates ~30,000 objects a call).
     gc.freeze()
     server.start()
+    readiness.start()
     flusher = usage.start_flusher()  # usage counters reach the database every few seconds
     scheme = "grpcs" if settings.REAPI_TLS_CERT else "grpc"
     log.info("REAPI %s cluster serving on %s://%s (pid %d)", cluster, scheme, listen, os.getpid())
@@ -135,6 +164,17 @@ def serve(cluster: str, listen: str, threads: int = 32) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    # Woken every second: a signal taken by another thread (the metrics listener's, the
+    # readiness check's) would not interrupt an endless wait, and its handler would not run.
+    while not stop.wait(1.0):
+        pass
+    # Draining: health checks and /readyz say so at once, and for REAPI_DRAIN_SECONDS the
+    # server still takes calls, while load balancers move clients away; then it stops.
+    readiness.drain()
+    readiness.stop()
+    if settings.REAPI_DRAIN_SECONDS:
+        log.info("draining for %d s before stopping", settings.REAPI_DRAIN_SECONDS)
+        threading.Event().wait(settings.REAPI_DRAIN_SECONDS)
     server.stop(grace=5).wait()
     flusher.stop()
+    batches.close()

@@ -50,7 +50,10 @@ def redis_env() -> dict[str, str]:
 class WorkerProcess:
     """`manage.py worker --cluster C --pool P` in a child process, stopped afterwards."""
 
-    def __init__(self, cluster: str, pool: str, env: dict[str, str], concurrency: int = 2) -> None:
+    def __init__(
+        self, cluster: str, pool: str, env: dict[str, str], concurrency: int = 2, args: tuple[str, ...] = ()
+    ) -> None:
+        self.args = args  # more options of `manage.py worker`
         self.cluster = cluster
         self.pool = pool
         self.env = {**os.environ, **env}
@@ -80,6 +83,7 @@ class WorkerProcess:
                     self.pool,
                     "--concurrency",
                     str(self.concurrency),
+                    *self.args,
                 ],
                 cwd=ROOT,
                 env=self.env,

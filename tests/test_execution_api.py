@@ -3,12 +3,14 @@ real `manage.py worker`, actions uploaded to the real CAS, Execute streams read 
 
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from reapi import db_threads
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -39,22 +41,28 @@ from tests.execution_fixtures import (
     wait_for,
 )
 from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, manage
+from tests.servers import ReapiServer, free_port, manage
 from tests.tenants import Persona
 from workers.models import Operation
 
 CANCELLED, DEADLINE_EXCEEDED, INTERNAL = 1, 4, 13
 
 
+# Where the module's server and worker answer scrapes (metrics of execution).
+SERVER_METRICS = f"127.0.0.1:{free_port()}"
+WORKER_METRICS = f"127.0.0.1:{free_port()}"
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ReapiServer]:
-    with ReapiServer("external", env=EXEC_ENV) as s:
+    with ReapiServer("external", env={**EXEC_ENV, "REAPI_METRICS_LISTEN": SERVER_METRICS}) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def worker(server: ReapiServer) -> Iterator[WorkerProcess]:
-    with WorkerProcess("external", "x86-64", EXEC_ENV, concurrency=3) as w:
+    args = ("--metrics-listen", WORKER_METRICS)
+    with WorkerProcess("external", "x86-64", EXEC_ENV, concurrency=3, args=args) as w:
         yield w
 
 
@@ -470,3 +478,30 @@ def test_a_purge_of_the_requesting_token_removes_what_its_executions_cached(
             by_careful.get_action_result(leaked_action)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert by_careful.get_action_result(careful_action).exit_code == 0
+
+
+def scraped(listen: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_worker_times_the_actions_it_runs_and_the_server_counts_its_workers(
+    client: Client, worker: WorkerProcess
+) -> None:
+    def count(stage: str) -> float:
+        labels = (("cluster", "external"), ("pool", "x86-64"), ("stage", stage))
+        return scraped(WORKER_METRICS).get(("reapi_execution_duration_seconds_count", labels), 0.0)
+
+    before = count("running"), count("queued")
+    result = run(client, ActionSpec(["/bin/sh", "-c", "echo timed"], salt=uuid.uuid4().bytes))
+    assert result.status.code == 0 and result.result.exit_code == 0
+    # Observed once the worker has completed the operation, which the client may see first.
+    assert wait_for(lambda: count("running") == before[0] + 1)
+    assert count("queued") == before[1] + 1
+    online = scraped(SERVER_METRICS)[("reapi_workers_online", (("cluster", "external"), ("pool", "x86-64")))]
+    assert online >= 1

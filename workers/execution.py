@@ -16,7 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from reapi import ac_entries, clusters, conflicts, faults, provenance
+from reapi import ac_entries, clusters, conflicts, faults, metrics, provenance
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, Internal, InvalidArgument, ReapiError, Unauthenticated
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -51,9 +51,13 @@ def run_operation(op_id: int, monitor: Monitor) -> None:
             op.pk, Internal(f"delivered to {me.name}, not a {op.cluster}/{op.pool} worker"), op.attempt
         )
         return
+    if op.started_at is not None:
+        metrics.execution(op.cluster, op.pool, "queued", (op.started_at - op.queued_at).total_seconds())
+    started = time.monotonic()
     with monitor.track(op.pk) as cancelled:
         response = execute(op, me, cancelled)
     if operations.complete(op.pk, response, op.attempt):
+        metrics.execution(op.cluster, op.pool, "running", time.monotonic() - started)
         log.info(
             "operation %s done: exit %s, status %s",
             op.name,

@@ -1,8 +1,12 @@
-"""`manage.py reapi serve --cluster internal|external --listen HOST:PORT [--processes N]`."""
+"""`manage.py reapi serve --cluster internal|external --listen HOST:PORT [--processes N]
+[--metrics-listen HOST:PORT]`."""
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +32,11 @@ class Command(BaseCommand):
             help="server processes sharing the port (SO_REUSEPORT); Python serves one core per process",
         )
         serve.add_argument("--threads", type=int, default=32, help="handler threads per process")
+        serve.add_argument(
+            "--metrics-listen",
+            default=settings.REAPI_METRICS_LISTEN,
+            help="HOST:PORT for /metrics, /healthz and /readyz over HTTP (default REAPI_METRICS_LISTEN; empty: none)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["processes"] < 1:
@@ -36,7 +45,7 @@ class Command(BaseCommand):
             from reapi.server import serve
 
             try:
-                serve(options["cluster"], options["listen"], options["threads"])
+                serve(options["cluster"], options["listen"], options["threads"], options["metrics_listen"])
             except (OSError, ValueError) as exc:
                 raise CommandError(str(exc)) from None
             return
@@ -55,15 +64,55 @@ class Command(BaseCommand):
             options["listen"],
             "--threads",
             str(options["threads"]),
+            "--metrics-listen=",  # the supervisor answers scrapes for all of them
         ]
+        metrics_dir = ""
+        draining = False
+        if options["metrics_listen"]:
+            # prometheus_client's multiprocess mode: each child writes its values to files here
+            # (it reads the variable when it is first imported, in the child), and a scrape of
+            # the supervisor adds them up.
+            metrics_dir = tempfile.mkdtemp(prefix="reapi-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         children = [start_child(argv) for _ in range(options["processes"])]
+        if metrics_dir:
+            from reapi import metrics_http
+            from reapi.execution_metrics import ExecutionCollector
+            from reapi.readiness import unreachable
+
+            def ready() -> bool:
+                alive = all(child.poll() is None for child in children)
+                return alive and not draining and not unreachable(options["cluster"])
+
+            try:
+                metrics_http.start(
+                    options["metrics_listen"], ready, (ExecutionCollector(options["cluster"]),)
+                )
+            except (OSError, ValueError) as exc:
+                for child in children:
+                    child.terminate()
+                raise CommandError(str(exc)) from None
 
         def forward(signum: int, _frame: object) -> None:
+            nonlocal draining
+            draining = True
             for child in children:
                 child.send_signal(signum)
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        codes = [child.wait() for child in children]
+        codes = [_wait(child) for child in children]
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if any(codes):
             raise CommandError(f"server processes exited with {codes}")
+
+
+def _wait(child: "subprocess.Popen[bytes]") -> int:
+    # In steps: a signal taken by the metrics listener's thread would not interrupt an endless
+    # wait, and `forward` would not run until a child exited.
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue

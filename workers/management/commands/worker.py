@@ -29,6 +29,11 @@ class Command(BaseCommand):
             help="actions run at once (default: cores)",
         )
         parser.add_argument("--loglevel", default="INFO")
+        parser.add_argument(
+            "--metrics-listen",
+            default="",
+            help="HOST:PORT for /metrics, /healthz and /readyz over HTTP (default: none)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from workers.celery_app import app
@@ -49,6 +54,14 @@ class Command(BaseCommand):
         except sandbox.SandboxUnavailable as exc:
             raise CommandError(f"cannot run actions sandboxed: {exc}") from None
         box = sandbox.current(Path(identity.exec_dir))
+        if options["metrics_listen"]:
+            from reapi import metrics_http
+
+            try:
+                # Its actions' queue wait and run time (reapi_execution_duration_seconds).
+                metrics_http.start(options["metrics_listen"], lambda: True)
+            except (OSError, ValueError) as exc:
+                raise CommandError(str(exc)) from None
         self.stdout.write(
             f"worker {identity.name}: queue {pool.queue(cluster)}, {concurrency} at once, "
             f"actions {box.describe()}"

@@ -1,0 +1,173 @@
+"""Prometheus metrics of a server process, under the names the ecosystem's boards know.
+
+gRPC calls follow the grpc-prometheus convention (grpc_server_started_total,
+grpc_server_handled_total, grpc_server_handling_seconds); the cache's own are reapi_*. Labels
+are bounded: a method, a code, a cluster, a direction, a reason; never a token, a user or a
+digest. With PROMETHEUS_MULTIPROC_DIR set (`reapi serve --processes N` sets it for its
+children) prometheus_client keeps every value in a file per process, and one scrape of the
+supervisor adds them up.
+
+The per-call path is a dict lookup and a few increments on label children made once.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from django.conf import settings
+from prometheus_client import Counter, Histogram
+
+from reapi import request_log
+
+# Seconds: a cache hit is a millisecond, a remote action may be an hour.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+EXECUTION_BUCKETS = (0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+GRPC = ("grpc_type", "grpc_service", "grpc_method")
+# REAPI_METRICS_TENANT_LABELS=1: the cache's counters carry the tenant's slug too (one series
+# per tenant: for a few large tenants, not for thousands).
+TENANT_LABELS = settings.REAPI_METRICS_TENANT_LABELS
+CACHE = ("cluster", "tenant") if TENANT_LABELS else ("cluster",)
+
+STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", GRPC)
+HANDLED = Counter("grpc_server_handled_total", "RPCs completed on the server, by code.", (*GRPC, "grpc_code"))
+HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from a call's start to its answer.",
+    GRPC,
+    buckets=LATENCY_BUCKETS,
+)
+AC_REQUESTS = Counter(
+    "reapi_action_cache_requests_total", "GetActionResult answers, hit or miss.", (*CACHE, "result")
+)
+CAS_BYTES = Counter(
+    "reapi_cas_bytes_total", "CAS bytes served (read) and stored (write).", (*CACHE, "direction")
+)
+CAS_BLOBS = Counter(
+    "reapi_cas_blobs_total", "CAS blobs served (read) and stored (write).", (*CACHE, "direction")
+)
+FIND_MISSING = Counter(
+    "reapi_find_missing_digests_total",
+    "Digests asked about by FindMissingBlobs, present or missing.",
+    (*CACHE, "result"),
+)
+EXECUTION = Histogram(
+    "reapi_execution_duration_seconds",
+    "Remote actions: time queued before a worker took them, and time running.",
+    ("cluster", "pool", "stage"),
+    buckets=EXECUTION_BUCKETS,
+)
+STORAGE = Histogram(
+    "reapi_storage_operation_seconds",
+    "Storage operations by backend (file, s3) and operation.",
+    ("backend", "op"),
+    buckets=LATENCY_BUCKETS,
+)
+AUTH_FAILURES = Counter("reapi_auth_failures_total", "Calls refused before they ran, by reason.", ("reason",))
+RATE_LIMITED = Counter("reapi_rate_limited_total", "Calls refused for a credential's limits.", ("reason",))
+
+
+class Method:
+    """The label children of one gRPC method, made on its first call."""
+
+    __slots__ = ("handled", "handling", "labels", "started")
+
+    def __init__(self, full_method: str, grpc_type: str) -> None:
+        service, _, name = full_method.lstrip("/").rpartition("/")
+        self.labels = (grpc_type, service, name)
+        self.started = STARTED.labels(*self.labels)
+        self.handling = HANDLING.labels(*self.labels)
+        self.handled: dict[grpc.StatusCode, Any] = {}
+
+    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+        child = self.handled.get(code)
+        if child is None:
+            child = self.handled[code] = HANDLED.labels(*self.labels, code.name)
+        child.inc()
+        self.handling.observe(seconds)
+
+
+_methods: dict[tuple[str, str], Method] = {}
+
+
+def method(full_method: str, grpc_type: str) -> Method:
+    found = _methods.get((full_method, grpc_type))
+    if found is None:
+        found = _methods[(full_method, grpc_type)] = Method(full_method, grpc_type)
+    return found
+
+
+def _children(metric: Any) -> Callable[..., Any]:
+    """A memo of `metric`'s children by label values (the hot paths call it per RPC)."""
+    made: dict[tuple[str, ...], Any] = {}
+
+    def child(*values: str) -> Any:
+        found = made.get(values)
+        if found is None:
+            found = made[values] = metric.labels(*values)
+        return found
+
+    return child
+
+
+_ac = _children(AC_REQUESTS)
+_bytes = _children(CAS_BYTES)
+_blobs = _children(CAS_BLOBS)
+_find = _children(FIND_MISSING)
+_storage = _children(STORAGE)
+_auth = _children(AUTH_FAILURES)
+_limited = _children(RATE_LIMITED)
+
+
+def _cache(cluster: str) -> tuple[str, ...]:
+    return (cluster, request_log.tenant()) if TENANT_LABELS else (cluster,)
+
+
+def action_cache(cluster: str, hit: bool) -> None:
+    _ac(*_cache(cluster), "hit" if hit else "miss").inc()
+
+
+def cas(cluster: str, direction: str, nbytes: int, blobs: int = 1) -> None:
+    """`direction`: "read" (served) or "write" (stored)."""
+    if blobs:
+        labels = _cache(cluster)
+        _bytes(*labels, direction).inc(nbytes)
+        _blobs(*labels, direction).inc(blobs)
+    request_log.add_bytes(nbytes)
+
+
+def find_missing(cluster: str, asked: int, missing: int) -> None:
+    labels = _cache(cluster)
+    _find(*labels, "present").inc(asked - missing)
+    _find(*labels, "missing").inc(missing)
+
+
+def storage(backend: str, op: str, seconds: float) -> None:
+    _storage(backend, op).observe(seconds)
+
+
+def auth_failure(reason: str) -> None:
+    _auth(reason).inc()
+
+
+def rate_limited(reason: str) -> None:
+    _limited(reason).inc()
+
+
+def execution(cluster: str, pool: str, stage: str, seconds: float) -> None:
+    EXECUTION.labels(cluster, pool, stage).observe(seconds)
+
+
+class timed:
+    """`with metrics.timed("file", "read"):` observes the block's duration."""
+
+    __slots__ = ("backend", "op", "start")
+
+    def __init__(self, backend: str, op: str) -> None:
+        self.backend, self.op = backend, op
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *_exc: object) -> None:
+        _storage(self.backend, self.op).observe(time.perf_counter() - self.start)
