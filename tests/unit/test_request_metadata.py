@@ -23,8 +23,10 @@ def test_it_cuts_every_string_to_its_bound() -> None:
 
 
 def test_it_ignores_an_oversize_or_unparsable_or_absent_header() -> None:
-    assert parse((header(target_id="x" * MAX_HEADER_BYTES),)) is None
-    assert parse(((KEY, b"\xff\xff\xff not a proto"),)) is None
-    assert parse(((KEY, "a str, not bytes"),)) is None
-    assert parse((("x-aspect", "aw_pat_x"),)) is None
-    assert parse(None) is None
+    # Ignored reads as empty: no invocation id, nothing to log or store.
+    empty = re_pb2.RequestMetadata()
+    assert parse((header(tool_invocation_id="big", target_id="x" * MAX_HEADER_BYTES),)) == empty
+    assert parse(((KEY, b"\xff\xff\xff not a proto"),)) == empty
+    assert parse(((KEY, "a str, not bytes"),)) == empty
+    assert parse((("x-aspect", "aw_pat_x"),)) == empty
+    assert parse(None) == empty
