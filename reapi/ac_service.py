@@ -41,15 +41,13 @@ class ActionCacheService(re_grpc.ActionCacheServicer):
             )
         except NotFound:
             usage.add(who, self.cluster, usage.MISSES)
-            meta = request_metadata.parse(context.invocation_metadata())
+            meta = request_metadata.of_call(context)
             invocations.miss(who, self.cluster, backend.alias, meta, action)
             metrics.action_cache(self.cluster, hit=False)
             raise
         usage.add(who, self.cluster, usage.HITS)
         metrics.action_cache(self.cluster, hit=True)
-        invocations.add(
-            who, self.cluster, request_metadata.parse(context.invocation_metadata()), invocations.HITS
-        )
+        invocations.add(who, self.cluster, request_metadata.of_call(context), invocations.HITS)
         return result
 
     @unary

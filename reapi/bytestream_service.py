@@ -52,7 +52,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 yield bs_pb2.ReadResponse(data=chunk)
         finally:
             usage.add(who, self.cluster, usage.SERVED, served)
-            meta = request_metadata.parse(context.invocation_metadata())
+            meta = request_metadata.of_call(context)
             invocations.add(who, self.cluster, meta, invocations.DOWN, served)
             metrics.cas(self.cluster, "read", served)
 
@@ -121,7 +121,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             raise
 
     def _count_up(self, context: grpc.ServicerContext, size: int) -> None:
-        meta = request_metadata.parse(context.invocation_metadata())
+        meta = request_metadata.of_call(context)
         invocations.add(principal(), self.cluster, meta, invocations.UP, size)
 
     def _write_compressed(

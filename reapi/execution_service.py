@@ -66,7 +66,7 @@ class ExecutionService(re_grpc.ExecutionServicer):
         writer = writer_of(who, self.cluster, context)
         op = db_threads.run(scheduler.submit, self.cluster, who, action, request.skip_cache_lookup, writer)
         if not op.cached:
-            meta = request_metadata.parse(context.invocation_metadata())
+            meta = request_metadata.of_call(context)
             invocations.add(who, self.cluster, meta, invocations.EXECUTED)
         yield from follow(op, request.instance_name, context)
 

@@ -82,7 +82,7 @@ REQUEST_METADATA_KEY = request_metadata.KEY
 
 def writer_of(who: auth.Principal, cluster: str, context: grpc.ServicerContext) -> provenance.Writer:
     """Who is writing, for provenance: the credential, plus the tool's own RequestMetadata."""
-    meta = request_metadata.parse(context.invocation_metadata())  # type: ignore[arg-type]
+    meta = request_metadata.of_call(context)
     return provenance.Writer(
         token_id=who.token_id,
         token_prefix=who.token_prefix,
@@ -505,7 +505,7 @@ def _done(
             seconds,
             call.bytes,
             who,
-            request_metadata.parse(context.invocation_metadata()),  # type: ignore[arg-type]
+            request_metadata.of_call(context),  # type: ignore[arg-type]
             context.peer(),
             details.decode("utf-8", "replace") if isinstance(details, bytes) else str(details or ""),
         )

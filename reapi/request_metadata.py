@@ -7,7 +7,9 @@ header or one that does not parse reads as empty (the call goes on without it), 
 string is cut to a bound before anyone logs or stores it.
 """
 
+import contextvars
 from collections.abc import Iterable
+from typing import Any
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
@@ -32,6 +34,21 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> re_pb2.RequestM
             meta.Clear()
             return meta
         return bounded(meta)
+    return meta
+
+
+# The last call this thread parsed for, and what it found: the edge (metrics, the request log),
+# provenance and invocations all ask during one call, and the header is parsed once.
+_last: contextvars.ContextVar[tuple[Any, re_pb2.RequestMetadata]] = contextvars.ContextVar("request_metadata")
+
+
+def of_call(context: Any) -> re_pb2.RequestMetadata:
+    """`parse` of a gRPC call's metadata, once per call (read it, never change it)."""
+    last = _last.get(None)
+    if last is not None and last[0] is context:
+        return last[1]
+    meta = parse(context.invocation_metadata())
+    _last.set((context, meta))
     return meta
 
 
