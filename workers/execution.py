@@ -111,7 +111,7 @@ def _execute_in(
     timeout = timeout_of(action)
     box = sandbox.current(Path(me.exec_dir))
     pool = pools.get(me.cluster, me.pool)
-    network = ("network", "on") in {(n.lower(), v.strip().lower()) for n, v in platform_of(action, command)}
+    network = pools.asks_for_network(platform_of(action, command))
     if network and not pool.network:
         raise FailedPrecondition(f"network=on, but pool {pool.name} does not allow network access")
     root = base / "root"

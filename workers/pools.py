@@ -165,6 +165,11 @@ def describe(properties: Iterable[tuple[str, str]]) -> str:
     return f"{{{text}}}" if text else "{} (no properties)"
 
 
+def asks_for_network(properties: Iterable[tuple[str, str]]) -> bool:
+    """Whether a platform asks for the network (`network=on`), as `route` reads it."""
+    return any(n.lower() == NETWORK_PROPERTY and v.strip().lower() == "on" for n, v in properties)
+
+
 def route(cluster: str, properties: list[tuple[str, str]]) -> Pool:
     """The pool that serves this platform, or FAILED_PRECONDITION naming the platform."""
     pools = configured(cluster)
@@ -177,7 +182,7 @@ def route(cluster: str, properties: list[tuple[str, str]]) -> Pool:
         )
 
     wanted_pool = wanted_arch = None
-    wants_network = False
+    wants_network = asks_for_network(properties)
     for name, value in properties:
         key = name.lower()
         if key in ("arch", "cpu"):
@@ -197,7 +202,6 @@ def route(cluster: str, properties: list[tuple[str, str]]) -> Pool:
         elif key == NETWORK_PROPERTY:
             if value.strip().lower() not in ("on", "off"):
                 raise refuse(f"property {name}={value} must be on or off")
-            wants_network = value.strip().lower() == "on"
         else:
             raise refuse(f"property {name!r} is not supported (use {', '.join(SUPPORTED)})")
 
