@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.execution_fixtures import ActionSpec, run
+from tests.polling import wait_for
 from tests.reapi_client import Client, digest
 from tests.servers import ROOT, free_port, manage
 
@@ -131,10 +132,7 @@ def test_runalls_children_die_with_it_when_it_is_killed_outright() -> None:
         assert len(children) >= 6, children  # portal, two servers, two workers, maintenance
         proc.kill()  # SIGKILL: runall runs no handler
         proc.wait()
-        deadline = time.monotonic() + 60
-        while descendants_alive(children) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not descendants_alive(children), descendants_alive(children)
+        wait_for(lambda: not descendants_alive(children), timeout=60, interval=0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
     assert_nothing_serves(ports)
