@@ -6,6 +6,7 @@ request id its client's message shows ("… (request 3f2a9c1d0b4e)"), so an oper
 that message finds the line. Nothing is formatted when the logger is off for INFO.
 """
 
+import collections
 import contextlib
 import contextvars
 import json
@@ -60,15 +61,6 @@ def enabled(code: str) -> bool:
     return log.isEnabledFor(logging.INFO if code in NORMAL else logging.WARNING)
 
 
-def emit(fields: dict[str, Any], json_format: bool) -> None:
-    level = logging.INFO if fields["code"] in NORMAL else logging.WARNING
-    log.log(level, "%s", json.dumps(fields, separators=(",", ":")) if json_format else logfmt(fields))
-
-
-def logfmt(fields: dict[str, Any]) -> str:
-    return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
-
-
 def _value(value: Any) -> str:
     # Quoted (JSON string escapes) when empty or when it holds anything but a plain token:
     # what a client sent cannot start a field of its own or a line.
@@ -79,6 +71,20 @@ def _value(value: Any) -> str:
 
 
 JSON = False  # REAPI_LOG_FORMAT=json; set once by reapi.server.build
+
+# The BatchingHandler that alone receives this logger's records (write_in_batches), or None.
+# Lines go to it straight, without a LogRecord each: with the line built field by field in
+# call_done, a GetActionResult's line costs 2.7 µs instead of 8.6 µs through a LogRecord and a
+# dict of fields (one core, timeit).
+_sink: "BatchingHandler | None" = None
+
+
+def _write(level: int, line: str) -> None:
+    sink = _sink
+    if sink is not None:
+        sink.add(line)
+    else:
+        log.log(level, "%s", line)
 
 
 def call_done(
@@ -93,21 +99,39 @@ def call_done(
 ) -> None:
     """Log the line of one finished call. `who`: an auth.Principal, None before one is known;
     `meta`: its RequestMetadata; `details`: the message its client was sent (errors only)."""
-    fields: dict[str, Any] = {
-        "method": method.lstrip("/"),
-        "code": code,
-        "duration_ms": round(seconds * 1000, 3),
-        "bytes": nbytes,
-        "tenant": who.tenant if who is not None else "",
-        "token_prefix": who.token_prefix if who is not None else "",
-        "tool_invocation_id": meta.tool_invocation_id[:100],
-        "action_id": meta.action_id[:100],
-        "peer": peer,
-    }
+    tenant_slug = who.tenant if who is not None else ""
+    prefix = who.token_prefix if who is not None else ""
+    duration_ms = round(seconds * 1000, 3)
+    level = logging.INFO if code in NORMAL else logging.WARNING
+    if JSON:
+        fields: dict[str, Any] = {
+            "method": method.lstrip("/"),
+            "code": code,
+            "duration_ms": duration_ms,
+            "bytes": nbytes,
+            "tenant": tenant_slug,
+            "token_prefix": prefix,
+            "tool_invocation_id": meta.tool_invocation_id[:100],
+            "action_id": meta.action_id[:100],
+            "peer": peer,
+        }
+        if code != "OK":
+            fields["request_id"] = request_id(details)
+            fields["error"] = details[:300]
+        _write(level, json.dumps(fields, separators=(",", ":")))
+        return
+    # logfmt written out field by field (a dict and a generator cost as much again): the
+    # method and code are ours and the numbers are numbers; what a client or the database
+    # gave goes through _value.
+    line = (
+        f"method={method.lstrip('/')} code={code} duration_ms={duration_ms} bytes={nbytes}"
+        f" tenant={_value(tenant_slug)} token_prefix={_value(prefix)}"
+        f" tool_invocation_id={_value(meta.tool_invocation_id[:100])}"
+        f" action_id={_value(meta.action_id[:100])} peer={_value(peer)}"
+    )
     if code != "OK":
-        fields["request_id"] = request_id(details)
-        fields["error"] = details[:300]
-    emit(fields, JSON)
+        line += f" request_id={_value(request_id(details))} error={_value(details[:300])}"
+    _write(level, line)
 
 
 class BatchingHandler(logging.Handler):
@@ -123,20 +147,26 @@ class BatchingHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.interval = interval
-        self._lines: list[str] = []
+        self._lines: collections.deque[str] = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._lines.append(self.format(record))  # under the handler's lock (Handler.handle)
+            self.add(self.format(record))
         except Exception:
             self.handleError(record)
 
+    def add(self, line: str) -> None:
+        # A deque's append and popleft are atomic: no lock between the serving threads.
+        self._lines.append(line)
+
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            lines, self._lines = self._lines, []
+        lines = []
+        with contextlib.suppress(IndexError):
+            while True:
+                lines.append(self._lines.popleft())
         if lines:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
@@ -148,6 +178,9 @@ class BatchingHandler(logging.Handler):
                 self.flush()
 
     def close(self) -> None:
+        global _sink
+        if _sink is self:
+            _sink = None
         self._stop.set()
         self.flush()
         super().close()
@@ -155,7 +188,9 @@ class BatchingHandler(logging.Handler):
 
 def write_in_batches(stream: Any) -> BatchingHandler:
     """Send the request log to `stream` in batches instead of through the root handlers."""
+    global _sink
     handler = BatchingHandler(stream)
     log.addHandler(handler)
     log.propagate = False
+    _sink = handler
     return handler
