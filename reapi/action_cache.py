@@ -17,6 +17,7 @@ take (`threshold`), decided from that header in the object already read.
 """
 
 import logging
+import threading
 from collections.abc import Callable
 
 from reapi import ac_entries, digests, messages
@@ -30,6 +31,12 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 log = logging.getLogger(__name__)
 
 INLINE_LIMIT = 1024 * 1024
+# The checks of messages.check_result, remembered per process by the stored bytes they were
+# made on: a hit re-read (Bazel asks for every action of every build) is checked once, not on
+# every read (a fifth of a GetActionResult's Python work). Keyed by the bytes themselves, so a
+# memo can only ever answer for exactly what it checked; bounded in entries and in key size.
+CHECKED_ENTRIES = 4096
+CHECKED_MAX_BYTES = 8 * 1024
 
 
 # Who wrote a legacy entry (stored before entries carried their origin), from its provenance;
@@ -48,6 +55,9 @@ class ActionCache:
         # REAPI_MAX_RESULT_ENTRIES: see reapi.messages.Budget.
         self.max_entries = max_entries
         self.legacy_author = legacy_author
+        # payload -> (its references, the entries and tree bytes they spent of a Budget)
+        self._checked: dict[bytes, tuple[messages.References, int, int]] = {}
+        self._checked_lock = threading.Lock()
 
     def get(
         self,
@@ -83,7 +93,7 @@ class ActionCache:
             )
         try:
             result = messages.parse_result(payload)
-            missing = self.missing_blobs(tenant, result)
+            missing = self.missing_blobs(tenant, result, payload)
         except InvalidArgument as exc:
             # Stored by an older server, or its Tree uploaded after it: never served, and
             # none of its digests reached storage unchecked.
@@ -96,14 +106,15 @@ class ActionCache:
         self._inline(tenant, result, inline_stdout, inline_stderr, inline_files)
         return result
 
-    def missing_blobs(self, tenant: str, result: re_pb2.ActionResult) -> list[Digest]:
+    def missing_blobs(self, tenant: str, result: re_pb2.ActionResult, payload: bytes = b"") -> list[Digest]:
         """The blobs `result` names that the CAS lacks; InvalidArgument if it is unfit to serve.
+        `payload`: the bytes `result` was parsed from, when it was read from storage.
 
         Everything is checked before storage sees a key, and the work is bounded by the
         entry limit: two batched lookups, the outputs, then the files of output trees.
         """
         budget = messages.Budget(self.max_entries)
-        refs = messages.check_result(result, budget)
+        refs = self._check(result, budget, payload)
         missing = self._missing(tenant, refs.blobs)
         absent = set(missing)
         tree_files = []
@@ -118,6 +129,22 @@ class ActionCache:
         if tree_files:
             missing += self._missing(tenant, tree_files)
         return missing
+
+    def _check(
+        self, result: re_pb2.ActionResult, budget: messages.Budget, payload: bytes
+    ) -> messages.References:
+        """messages.check_result, or what it found for these same bytes before (CHECKED_ENTRIES)."""
+        known = self._checked.get(payload) if payload else None
+        if known is not None:
+            refs, budget.entries, budget.tree_bytes = known
+            return refs
+        refs = messages.check_result(result, budget)
+        if payload and len(payload) <= CHECKED_MAX_BYTES:
+            with self._checked_lock:
+                if len(self._checked) >= CHECKED_ENTRIES:
+                    del self._checked[next(iter(self._checked))]  # the oldest
+                self._checked[payload] = (refs, budget.entries, budget.tree_bytes)
+        return refs
 
     def _tree(self, tenant: str, field: str, digest: Digest) -> re_pb2.Tree | None:
         """The Tree under `digest` (its size already spent from the result's budget), or None
