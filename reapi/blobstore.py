@@ -126,6 +126,9 @@ class BlobStore(Protocol):
     def evict(self, keys: list[str], untouched_since: float) -> int: ...
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -350,7 +353,7 @@ class FileBlobStore:
                 try:
                     os.rename(tmp, key, src_dir_fd=root, dst_dir_fd=root)
                 except FileNotFoundError:
-                    os.makedirs(os.path.dirname(self._path(key)), exist_ok=True)
+                    self._make_parent(key)
                     os.rename(tmp, key, src_dir_fd=root, dst_dir_fd=root)
                 staged.pop()
         finally:
@@ -368,8 +371,24 @@ class FileBlobStore:
         try:
             os.replace(path, final)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            self._make_parent(key)
             os.replace(path, final)
+
+    def _make_parent(self, key: str) -> None:
+        """Make the directory `key` belongs in.
+
+        Keys fan out by two hex digits of their hash (reapi.digests.cas_key): the first miss
+        in a fan-out makes all 256 of its directories. Made one by one, each first write into
+        another one paid a failed rename and a mkdir, and a fresh tenant's first 2,000 small
+        blobs went in at a quarter of the rate of the next 2,000 (one channel, 8 threads).
+        """
+        parent = os.path.dirname(self._path(key))
+        fan_out, name = os.path.split(parent)
+        os.makedirs(parent, exist_ok=True)
+        if len(name) == 2 and all(c in _HEX for c in name):
+            for i in range(256):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(fan_out, f"{i:02x}"))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
