@@ -158,7 +158,7 @@ REAPI_MAX_RESULT_ENTRIES = envint("REAPI_MAX_RESULT_ENTRIES", 100_000)
 if REAPI_MAX_RESULT_ENTRIES < 1:
     raise SettingError(f"REAPI_MAX_RESULT_ENTRIES must be at least 1, not {REAPI_MAX_RESULT_ENTRIES}")
 # Threads per server process for Execute, WaitExecution and WaitOperation, which wait as long as
-# their action runs (reapi/grpc_edge.py WAITING_METHODS): the most actions one process follows.
+# their action runs (reapi/methods.py WAITING_METHODS): the most actions one process follows.
 REAPI_WAITING_THREADS = envint("REAPI_WAITING_THREADS", 512)
 # How long a validated credential is trusted before the database is asked again: the bound on
 # how late a revocation takes effect on a running server.

@@ -4,12 +4,13 @@ import grpc
 
 from reapi import clusters, conflicts, digests, invocations, metrics, provenance, request_metadata, usage
 from reapi.auth import Principal
+from reapi.call_context import principal, writer_of
 from reapi.cas_service import check_digest_function
 from reapi.digests import Digest
 from reapi.errors import NotFound
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from reapi.grpc_edge import principal, unary, writer_of
+from reapi.grpc_edge import unary
 
 
 class ActionCacheService(re_grpc.ActionCacheServicer):

@@ -18,6 +18,7 @@ from django.conf import settings
 from google.protobuf import any_pb2
 
 from reapi import assets, clusters, db_threads, egress
+from reapi.call_context import principal
 from reapi.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -29,7 +30,7 @@ from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2 as ra_pb2
 from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_grpc
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.rpc import status_pb2
-from reapi.grpc_edge import principal, unary
+from reapi.grpc_edge import unary
 from reapi.models import Asset
 
 SHA256 = re_pb2.DigestFunction.SHA256
@@ -142,7 +143,7 @@ class FetchService(ra_grpc.FetchServicer):
             wanted = assets.parse_request(Asset.Kind.BLOB, request.uris, _qualifiers(request))
         oldest = _when(request, "oldest_content_accepted")
         # On a thread that keeps its database connection: this call runs on the waiting pool
-        # (grpc_edge.WAITING_METHODS), whose many threads must not each hold one.
+        # (methods.WAITING_METHODS), whose many threads must not each hold one.
         found = db_threads.run(assets.lookup, caller, wanted, oldest)
         if found is None:
             who = principal()

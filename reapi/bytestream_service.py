@@ -6,11 +6,12 @@ import grpc
 import zstandard
 
 from reapi import clusters, compression, digests, faults, invocations, metrics, request_metadata, usage
+from reapi.call_context import principal
 from reapi.cas import Upload
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
-from reapi.grpc_edge import abort, principal, streaming, unary
+from reapi.grpc_edge import abort, streaming, unary
 
 
 class ByteStreamService(bs_grpc.ByteStreamServicer):

@@ -3,10 +3,11 @@
 import grpc
 
 from reapi import clusters, messages
+from reapi.call_context import principal
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.build.bazel.semver import semver_pb2
-from reapi.grpc_edge import principal, unary
+from reapi.grpc_edge import unary
 
 Compressor = re_pb2.Compressor
 

@@ -6,11 +6,12 @@ from typing import Any
 import grpc
 
 from reapi import clusters, compression, digests, invocations, metrics, request_metadata, usage
+from reapi.call_context import principal
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from reapi.grpc_edge import principal, rpc_status, streaming, unary
+from reapi.grpc_edge import rpc_status, streaming, unary
 
 SHA256_FUNCTIONS = (re_pb2.DigestFunction.UNKNOWN, re_pb2.DigestFunction.SHA256)
 HEX_DIGITS = b"0123456789abcdef"

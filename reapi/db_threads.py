@@ -1,7 +1,7 @@
 """A few threads that keep their database connections, lent to calls that must not hold one.
 
 Execute, WaitExecution and WaitOperation wait for as long as an action runs, one call per
-remote action a client has in flight, on threads of their own (grpc_edge.WAITING_METHODS).
+remote action a client has in flight, on threads of their own (methods.WAITING_METHODS).
 Were each to open a database connection, a few hundred open streams would pass PostgreSQL's
 connection limit; closing one after each use costs a reconnect (~3 ms here) on every
 Execute. So their short database work runs here instead, and they wait with none.

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import grpc
 
 from reapi import db_threads, digests, invocations, request_metadata
+from reapi.call_context import principal, writer_of
 from reapi.cas_service import check_digest_function
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.longrunning import operations_pb2
-from reapi.grpc_edge import principal, streaming, writer_of
+from reapi.grpc_edge import streaming
 from workers import operations, pools, scheduler, watch
 from workers.models import Operation
 

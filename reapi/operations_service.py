@@ -11,10 +11,11 @@ import grpc
 from google.protobuf import empty_pb2
 
 from reapi import db_threads
+from reapi.call_context import principal
 from reapi.errors import FailedPrecondition, InvalidArgument
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
-from reapi.grpc_edge import principal, unary
+from reapi.grpc_edge import unary
 from workers import operations, watch
 from workers.models import Operation
 

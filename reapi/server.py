@@ -15,8 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from reapi import metrics_http, request_log, usage
 from reapi.ac_service import ActionCacheService
+from reapi.admission import AuthInterceptor
 from reapi.asset_service import FetchService, PushService
 from reapi.bytestream_service import ByteStreamService
+from reapi.call_pools import Pools
 from reapi.capabilities_service import CapabilitiesService
 from reapi.cas_service import CasService
 from reapi.execution_metrics import ExecutionCollector
@@ -26,7 +28,6 @@ from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_gr
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
-from reapi.grpc_edge import AuthInterceptor, Pools
 from reapi.limits import Limiter
 from reapi.operations_service import OperationsService
 from reapi.readiness import Readiness
@@ -117,7 +118,7 @@ def _cheap_log_records() -> None:
 
 
 def _quick_pool(cluster: str) -> futures.ThreadPoolExecutor | None:
-    """A few threads of their own for short reads of local storage (grpc_edge.QUICK_METHODS),
+    """A few threads of their own for short reads of local storage (methods.QUICK_METHODS),
     when every store this server can use is a local filesystem: against S3 those calls wait
     on the network and want the main pool's many threads."""
     if not all(isinstance(storages[f"reapi-{c}"], BlobFileSystemStorage) for c in settings.CLUSTERS):

@@ -1,0 +1,89 @@
+"""Every admitted or refused call counted in the grpc_server_* metrics and logged, one line,
+by reapi.request_log, whatever its outcome."""
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from reapi import auth, metrics, request_log, request_metadata
+from reapi.methods import PUBLIC_PREFIXES
+
+
+def observed(
+    inner: Callable[..., Any],
+    method: str,
+    grpc_type: str,
+    streaming_response: bool,
+    who: auth.Principal | None,
+) -> Callable[..., Any]:
+    """`inner` counted in the grpc_server_* metrics and logged, one line, by reapi.request_log."""
+    counters = metrics.method(method, grpc_type)
+    slug = who.tenant if who is not None else ""
+    logged = not method.startswith(PUBLIC_PREFIXES)  # probes every few seconds: counted only
+    if streaming_response:
+
+        def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            counters.started.inc()
+            call = request_log.Call(slug)
+            request_log.current.set(call)  # not reset: see reapi.admission._with_principal
+            start = time.perf_counter()
+            failure: grpc.StatusCode | None = None
+            try:
+                yield from inner(request, context)
+            except GeneratorExit:
+                failure = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                failure = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                _done(counters, context, start, call, failure, method, who, logged)
+
+        return run_stream
+
+    def run(request: Any, context: grpc.ServicerContext) -> Any:
+        counters.started.inc()
+        call = request_log.Call(slug)
+        token = request_log.current.set(call)
+        start = time.perf_counter()
+        failure: grpc.StatusCode | None = None
+        try:
+            return inner(request, context)
+        except BaseException:
+            failure = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            request_log.current.reset(token)
+            _done(counters, context, start, call, failure, method, who, logged)
+
+    return run
+
+
+def _done(
+    counters: metrics.Method,
+    context: grpc.ServicerContext,
+    start: float,
+    call: request_log.Call,
+    failure: grpc.StatusCode | None,
+    method: str,
+    who: auth.Principal | None,
+    logged: bool,
+) -> None:
+    seconds = time.perf_counter() - start
+    # An abort (every error of ours) set the code; an exception past it is grpcio's UNKNOWN.
+    code = context.code() or failure or grpc.StatusCode.OK  # type: ignore[attr-defined]
+    counters.done(code, seconds)
+    if logged and request_log.enabled(code.name):
+        details = context.details() if code is not grpc.StatusCode.OK else b""  # type: ignore[attr-defined]
+        request_log.call_done(
+            method,
+            code.name,
+            seconds,
+            call.bytes,
+            who,
+            request_metadata.of_call(context),  # type: ignore[arg-type]
+            context.peer(),
+            details.decode("utf-8", "replace") if isinstance(details, bytes) else str(details or ""),
+        )
