@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: venv run test test-deps test-unit test-sqlite test-postgres test-s3 check bench bench-storage proto clean
+.PHONY: venv run test test-deps test-debs test-unit test-sqlite test-postgres test-s3 check bench bench-storage proto clean
 
 # Development installs the tools too (requirements-dev.txt); a server needs only requirements.txt.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -22,15 +22,25 @@ run: venv
 	$(PY) manage.py runall
 
 # Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap (the workers' sandbox),
-# Chromium and systemd (systemd-analyze checks deploy/). Services this kind of machine runs are
+# Chromium, systemd (systemd-analyze checks deploy/) and Node.js with npm (the OpenID provider
+# the tests sign in through, tests/oidc-provider/). Services this kind of machine runs are
 # started when they are down.
-test-deps: venv
+test-deps: venv tests/oidc-provider/node_modules/.installed
+	@bash tests/start-services.sh
+
+test-debs:
 	@if ! command -v bazel >/dev/null || ! command -v chromium >/dev/null \
 	    || ! command -v bwrap >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! command -v node >/dev/null || ! command -v npm >/dev/null \
 	    || ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni systemd; fi
-	@bash tests/start-services.sh
+	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni systemd \
+	    $$(command -v node >/dev/null || echo nodejs) $$(command -v npm >/dev/null || echo npm); fi
+
+# The provider's npm packages, exactly as package-lock.json pins them.
+tests/oidc-provider/node_modules/.installed: tests/oidc-provider/package-lock.json | test-debs
+	cd tests/oidc-provider && npm ci --no-audit --no-fund
+	touch $@
 
 test: test-deps test-unit test-sqlite test-postgres test-s3
 
@@ -66,4 +76,4 @@ proto: venv
 	PATH=$(VENV)/bin:$$PATH sh reapi/gen/regenerate.sh
 
 clean:
-	rm -rf $(VENV) var tests/artifacts
+	rm -rf $(VENV) var tests/artifacts tests/oidc-provider/node_modules

@@ -1,5 +1,6 @@
-"""CI runners' OIDC tokens on a real REAPI server over a socket, signed by the test provider's key
-(tests/oidc_provider.py); the server trusts the provider through OIDC_GRPC_* variables."""
+"""CI runners' OIDC tokens on a real REAPI server over a socket: tokens the test provider issues
+(oidc-provider, tests/oidc-provider/) and tokens forged here with its key or others; the server
+trusts the provider through OIDC_GRPC_* variables."""
 
 import base64
 import hashlib
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from portal import ci_identities
 from portal.models import CiIdentity
-from tests.oidc import GRPC_AUDIENCE, OidcProvider
+from tests.oidc import CI_CLAIMS, CI_CLIENT_ID, GRPC_AUDIENCE, OidcProvider
 from tests.reapi_client import Client
 from tests.servers import ReapiServer, manage
 from tests.tenants import Persona
@@ -101,6 +102,40 @@ def test_a_token_from_the_provider_is_accepted_and_writes(
         assert client.get_capabilities().cache_capabilities.action_cache_update_capabilities.update_enabled
         reply = client.upload(b"built by CI")
         assert reply.responses[0].status.code == 0
+    finally:
+        rule.delete()
+
+
+def test_a_token_from_the_provider_maps_to_a_tenant_by_its_repository_claim(
+    server: ReapiServer, provider: OidcProvider, acme: Persona
+) -> None:
+    from django.test import override_settings
+
+    token = provider.client_credentials_token(GRPC_AUDIENCE)
+    claims = jwt.decode(
+        token, provider.public_pem(), algorithms=["RS256"], audience=GRPC_AUDIENCE, issuer=provider.issuer
+    )
+    assert claims["sub"] == CI_CLIENT_ID
+    assert {k: claims.get(k) for k in CI_CLAIMS} == CI_CLAIMS
+
+    with override_settings(OIDC_GRPC_ISSUER=provider.issuer):
+        rule = ci_identities.add(
+            acme.tenant,
+            name="app builds",
+            claim="repository",
+            value=CI_CLAIMS["repository"],
+            user_id=acme.tenant.memberships.get(user__username=acme.admin).user_id,
+            scopes="cas:read,ac:read",
+        )
+    try:
+        client = call(server, token)
+        # Read-only: the scopes of this rule, the only one that trusts the repository.
+        assert (
+            not client.get_capabilities().cache_capabilities.action_cache_update_capabilities.update_enabled
+        )
+        with pytest.raises(grpc.RpcError) as denied:
+            client.upload(b"not from this rule")
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         rule.delete()
 

@@ -1,11 +1,13 @@
-"""Portal login through a real OpenID provider (tests/oidc_provider.py on localhost).
+"""Portal login through a real OpenID provider (oidc-provider, tests/oidc-provider/, on localhost).
 
 The portal side runs in this process (Django's test client) so each failure mode can be set up;
 every call from the portal to the provider (token, UserInfo, JWKS) is real HTTP.
 """
 
+import html
+import re
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urljoin
 
 import jwt
 import pytest
@@ -58,18 +60,25 @@ def start_login(client: Client, provider: OidcProvider, username: str, password:
     start = client.get("/oidc/authenticate/")
     assert start.status_code == 302
     location = start["Location"]
-    assert location.startswith(f"{provider.issuer}/authorize?")
+    assert location.startswith(f"{provider.authorization_endpoint}?")
     assert "code_challenge_method=S256" in location and "nonce=" in location and "state=" in location
-    form = requests.get(location, timeout=5)
+    # One browser at the provider: it ties the sign-in to its own cookies.
+    browser = requests.Session()
+    form = browser.get(location, timeout=5)  # redirected to the provider's login page
     assert form.status_code == 200 and 'name="password"' in form.text
-    fields = dict(parse_qsl(urlsplit(location).query))
-    reply = requests.post(
-        f"{provider.issuer}/authorize",
-        data={**fields, "username": username, "password": password},
+    action = re.search(r'<form method="post" action="([^"]+)"', form.text)
+    assert action, form.text
+    reply = browser.post(
+        urljoin(form.url, html.unescape(action[1])),
+        data={"username": username, "password": password},
         allow_redirects=False,
         timeout=5,
     )
-    assert reply.status_code == 302, reply.text
+    # The provider resumes the authorization request through redirects of its own, then
+    # sends the browser back to the portal.
+    while reply.is_redirect and not reply.headers["Location"].startswith("http://testserver/"):
+        reply = browser.get(urljoin(reply.url, reply.headers["Location"]), allow_redirects=False, timeout=5)
+    assert reply.is_redirect, reply.text
     callback = reply.headers["Location"]
     assert callback.startswith("http://testserver/oidc/callback/?")
     return callback.removeprefix("http://testserver")
