@@ -67,6 +67,12 @@ AUTH_FAILURES = Counter("reapi_auth_failures_total", "Calls refused before they 
 RATE_LIMITED = Counter("reapi_rate_limited_total", "Calls refused for a credential's limits.", ("reason",))
 
 
+# Whether this process counts at all: only where a scrape can read the counts (a listener of
+# its own, or the supervisor's of `reapi serve --processes N`, through PROMETHEUS_MULTIPROC_DIR).
+# Without one, every increment is work nobody sees. Set by reapi.server.serve.
+ENABLED = True
+
+
 class Method:
     """The label children of one gRPC method, made on its first call."""
 
@@ -87,10 +93,26 @@ class Method:
         self.handling.observe(seconds)
 
 
+class Uncounted:
+    """A Method that counts nothing (ENABLED off)."""
+
+    class _Nothing:
+        def inc(self, amount: float = 1) -> None:
+            pass
+
+    started = _Nothing()
+
+    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+        pass
+
+
 _methods: dict[tuple[str, str], Method] = {}
+_UNCOUNTED = Uncounted()
 
 
-def method(full_method: str, grpc_type: str) -> Method:
+def method(full_method: str, grpc_type: str) -> Method | Uncounted:
+    if not ENABLED:
+        return _UNCOUNTED
     found = _methods.get((full_method, grpc_type))
     if found is None:
         found = _methods[(full_method, grpc_type)] = Method(full_method, grpc_type)
@@ -124,12 +146,14 @@ def _cache(cluster: str) -> tuple[str, ...]:
 
 
 def action_cache(cluster: str, hit: bool) -> None:
+    if not ENABLED:
+        return
     _ac(*_cache(cluster), "hit" if hit else "miss").inc()
 
 
 def cas(cluster: str, direction: str, nbytes: int, blobs: int = 1) -> None:
     """`direction`: "read" (served) or "write" (stored)."""
-    if blobs:
+    if blobs and ENABLED:
         labels = _cache(cluster)
         _bytes(*labels, direction).inc(nbytes)
         _blobs(*labels, direction).inc(blobs)
@@ -137,13 +161,16 @@ def cas(cluster: str, direction: str, nbytes: int, blobs: int = 1) -> None:
 
 
 def find_missing(cluster: str, asked: int, missing: int) -> None:
+    if not ENABLED:
+        return
     labels = _cache(cluster)
     _find(*labels, "present").inc(asked - missing)
     _find(*labels, "missing").inc(missing)
 
 
 def storage(backend: str, op: str, seconds: float) -> None:
-    _storage(backend, op).observe(seconds)
+    if ENABLED:
+        _storage(backend, op).observe(seconds)
 
 
 def auth_failure(reason: str) -> None:
@@ -170,4 +197,5 @@ class timed:
         self.start = time.perf_counter()
 
     def __exit__(self, *_exc: object) -> None:
-        _storage(self.backend, self.op).observe(time.perf_counter() - self.start)
+        if ENABLED:
+            _storage(self.backend, self.op).observe(time.perf_counter() - self.start)

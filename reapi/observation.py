@@ -62,7 +62,7 @@ def observed(
 
 
 def _done(
-    counters: metrics.Method,
+    counters: metrics.Method | metrics.Uncounted,
     context: grpc.ServicerContext,
     start: float,
     call: request_log.Call,

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.files.storage import storages
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from reapi import metrics_http, request_log, usage
+from reapi import metrics, metrics_http, request_log, usage
 from reapi.ac_service import ActionCacheService
 from reapi.admission import AuthInterceptor
 from reapi.asset_service import FetchService, PushService
@@ -147,6 +147,7 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
     _cheap_log_records()
     batches = request_log.write_in_batches(sys.stderr)
     readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
+    metrics.ENABLED = bool(metrics_listen or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     if metrics_listen:
         metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
     # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
