@@ -129,6 +129,13 @@ class Authenticate(OIDCAuthenticationRequestView):  # type: ignore[misc]
 class Callback(OIDCAuthenticationCallbackView):  # type: ignore[misc]
     def get(self, request: HttpRequest) -> HttpResponse:
         _require_oidc()
+        # RFC 9207: a provider that names itself in the authorization response (`iss`) must be
+        # the one the sign-in began with; another's response (a mix-up attack) is refused
+        # before its code reaches any token endpoint.
+        issuer = request.GET.get("iss")
+        if issuer is not None and issuer.rstrip("/") != settings.OIDC_OP_ISSUER.rstrip("/"):
+            log.warning("OIDC callback refused: it names another issuer (%.200r)", issuer)
+            return failed(request, "The sign-in response came from another provider than this portal's.", 400)
         try:
             return super().get(request)
         except requests.ConnectionError:

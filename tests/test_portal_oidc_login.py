@@ -192,3 +192,18 @@ def test_an_hs256_id_token_is_refused(oidc: OidcProvider) -> None:
     )
     with pytest.raises(SuspiciousOperation, match="not RS256"):
         Backend()._verify_jws(token, "secret-key-of-32-bytes-or-more!!")
+
+
+def test_a_callback_naming_another_issuer_is_refused_before_its_code_is_redeemed(oidc: OidcProvider) -> None:
+    # RFC 9207: the provider names itself (iss) in its authorization response.
+    client = Client()
+    callback = start_login(client, oidc, "alice", "alice-pw")
+    assert f"iss={requests.utils.quote(oidc.issuer, safe='')}" in callback
+    forged = re.sub(r"iss=[^&]+", "iss=" + requests.utils.quote("https://evil.example", safe=""), callback)
+    refused = client.get(forged)
+    assert refused.status_code == 400
+    assert "another provider" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+    # The genuine response, still unredeemed, signs in.
+    assert client.get(callback).status_code == 302
+    assert "_auth_user_id" in client.session
