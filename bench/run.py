@@ -31,6 +31,7 @@ import workloads  # noqa: E402
 
 # The targets for this 2-core machine: (unit, bound, higher is better).
 TARGETS: dict[str, tuple[float, bool]] = {
+    "First pass / warm": (0.5, True),
     "ByteStream Write 64 MiB": (250, True),
     "ByteStream Read 64 MiB": (400, True),
     "BatchUpdateBlobs": (15_000, True),
@@ -58,7 +59,10 @@ def measure_ours(
     log("ours: migrating a throw-away database, creating a tenant and a PAT …")
     ours.prepare(args.mode, args.ci_accepts)
     columns: dict[str, list[dict]] = {}
-    for n in processes:
+    for i, n in enumerate(processes):
+        if i:
+            # A tenant of its own for each server, so each one's first pass is a first.
+            ours.add_tenant(f"{ours.TENANT}-{n}p", args.mode, args.ci_accepts)
         with ours.serve(n, threads, args.cluster) as running:
             log(
                 f"ours, {n} process{'es' if n > 1 else ''}: {args.cluster} cluster serving on "
@@ -99,6 +103,8 @@ def as_dict(r: workloads.Result) -> dict:
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 10:
+        return f"{value:,.2f}"
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
