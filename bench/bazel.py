@@ -110,12 +110,13 @@ class BenchBazel:
         except (FileNotFoundError, ValueError):
             return None
 
-    def outputs_digest(self) -> str:
-        """One digest over the outputs Bazel left in bazel-bin (names and bytes)."""
+    def outputs(self) -> tuple[int, str]:
+        """How many outputs Bazel left in bazel-bin, and one digest over their names and bytes."""
         h = hashlib.sha256()
-        for path in sorted((self.workspace / "bazel-bin").glob("*.txt")):
+        paths = sorted((self.workspace / "bazel-bin").glob("*.txt"))
+        for path in paths:
             h.update(path.name.encode() + b"\0" + path.read_bytes())
-        return h.hexdigest()
+        return len(paths), h.hexdigest()
 
     def shutdown(self) -> None:
         subprocess.run(
@@ -229,13 +230,15 @@ def one_round(subject: Subject, r: int, actions: int) -> dict:
         executed = sum(n for kind, n in cold["processes"].items() if kind != "internal")
         if hits or executed != actions:
             raise NotMeasured(f"the cold build was not cold: {cold['processes']}")
-        built = bazel.outputs_digest()
+        built = bazel.outputs()
+        if built[0] != actions:
+            raise NotMeasured(f"the cold build left {built[0]} outputs, not {actions}")
 
         bazel.clean()
         warm = measured_build(bazel, endpoint, bazel.profiles / f"r{r}-warm.json")
         if warm["processes"].get("remote cache hit") != actions:
             raise NotMeasured(f"the warm build missed the cache: {warm['processes']}")
-        if bazel.outputs_digest() != built:
+        if bazel.outputs() != built:
             raise NotMeasured("the warm build's outputs differ from the cold build's")
 
         bazel.clean()
