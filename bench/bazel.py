@@ -247,6 +247,8 @@ def one_round(subject: Subject, r: int, actions: int) -> dict:
         )
         if minimal["processes"].get("remote cache hit") != actions:
             raise NotMeasured(f"the --remote_download_minimal build missed the cache: {minimal['processes']}")
+        if bazel.outputs()[0]:
+            raise NotMeasured("the --remote_download_minimal build downloaded outputs")
     return {"round": r, "cold": cold, "warm": warm, "minimal": minimal}
 
 
@@ -306,6 +308,7 @@ def tables(measured: list[Subject], actions: int, rounds: int) -> str:
             "warm: check",
             "warm: download",
             "minimal: check",
+            "minimal: download",
             "cold: check",
             "Bazel CPU, warm ms",
         ]
@@ -317,6 +320,7 @@ def tables(measured: list[Subject], actions: int, rounds: int) -> str:
                 median_cell(profile_samples(s, "warm", "cache check", actions)),
                 median_cell(profile_samples(s, "warm", "download", actions)),
                 median_cell(profile_samples(s, "minimal", "cache check", actions)),
+                median_cell(profile_samples(s, "minimal", "download", actions)),
                 median_cell(profile_samples(s, "cold", "cache check", actions)),
                 median_cell([v * 1000 for v in samples(s, "warm", "bazel_cpu_s")], 0),
             ]

@@ -51,13 +51,14 @@ def test_the_bazel_bench_prints_its_table_with_figures(tmp_path: Path) -> None:
     assert f"{ACTIONS} actions, 1 round" in done.stdout, done.stdout
 
     # ours: warm, cold and minimal build seconds, server CPU and CPU per hit (best / median
-    # each), then Bazel's profile: cache check, download, minimal check, cold check, its CPU.
+    # each), then Bazel's profile: cache check and download, the same with
+    # --remote_download_minimal, the cold build's cache check, Bazel's CPU.
     ours = row(done.stdout, "ours 1p")
-    assert len(ours) == 6 * 2 + 5, done.stdout
+    assert len(ours) == 6 * 2 + 6, done.stdout
     assert all(v > 0 for v in ours[:12]), done.stdout
-    # the disk cache has no server: three build times, then the profile's five figures.
+    # the disk cache has no server: three build times, then the profile's six figures.
     disk = row(done.stdout, "disk cache")
-    assert len(disk) == 3 * 2 + 5, done.stdout
+    assert len(disk) == 3 * 2 + 6, done.stdout
     assert all(v > 0 for v in disk[:6]), done.stdout
     assert "WAS NOT MEASURED" not in done.stdout
 
