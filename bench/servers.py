@@ -49,8 +49,8 @@ class Ours:
 
     TENANT = "bench"
 
-    def __init__(self, workdir: Path) -> None:
-        self.data_dir = workdir / "ours"
+    def __init__(self, workdir: Path, name: str = "ours") -> None:
+        self.data_dir = workdir / name
         self.env = {
             **os.environ,
             "DATA_DIR": str(self.data_dir),
