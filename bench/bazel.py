@@ -1,7 +1,8 @@
 """Bazel-level capacity bench: real Bazel 4.2.3 builds a genrule workspace against each server.
 
     .venv/bin/python bench/bazel.py [--actions 121] [--rounds 3]
-        [--only ours,bare,buildgrid,disk] [--processes 1,2] [--bazel-flags "--jobs=4"] [--keep]
+        [--only ours,bare,buildgrid,disk] [--processes 1,2] [--largest-kib 256]
+        [--bazel-flags "--jobs=4"] [--keep]
 
 Servers under test: ours (`reapi serve --processes N`, auth on, a tenant and PAT of its own per
 round), bench/bare.py (dicts, no auth, no storage: what Python's gRPC allows on this machine at
@@ -67,12 +68,12 @@ class NotMeasured(RuntimeError):
 class BenchBazel:
     """One Bazel server (its own output base and workspace copy) for one server under test."""
 
-    def __init__(self, workdir: Path, key: str, actions: int, extra_flags: list[str]) -> None:
+    def __init__(self, workdir: Path, key: str, actions: int, largest: int, extra_flags: list[str]) -> None:
         self.workspace = workdir / "workspaces" / key
         self.user_root = workdir / "bazel"
         self.output_base = self.user_root / key
         self.extra_flags = extra_flags
-        self.labels = bazel_workspace.write(self.workspace, actions)
+        self.labels = bazel_workspace.write(self.workspace, actions, largest)
         self.profiles = workdir / "profiles" / key
         self.profiles.mkdir(parents=True)
 
@@ -405,6 +406,12 @@ def main() -> int:
     parser.add_argument(
         "--actions", type=int, default=121, help="genrule actions in the workspace (default 121)"
     )
+    parser.add_argument(
+        "--largest-kib",
+        type=int,
+        default=bazel_workspace.LARGEST // 1024,
+        help="the largest output in KiB; sizes spread from 256 B up to it (default 256)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server, interleaved (default 3)")
     parser.add_argument(
         "--only",
@@ -456,10 +463,11 @@ def main() -> int:
                 subjects.append(disk_subject(workdir))
 
         log(
-            f"workspace: {args.actions} genrule actions in {len(bazel_workspace.layer_widths(args.actions))} layers"
+            f"workspace: {args.actions} genrule actions in {len(bazel_workspace.layer_widths(args.actions))} "
+            f"layers, outputs of 256 B to {args.largest_kib} KiB"
         )
         for s in subjects:
-            s.bazel = BenchBazel(workdir, s.key, args.actions, extra_flags)
+            s.bazel = BenchBazel(workdir, s.key, args.actions, args.largest_kib * 1024, extra_flags)
             try:
                 s.bazel.warm_up()
             except NotMeasured as exc:
@@ -520,6 +528,7 @@ def main() -> int:
                 "cores": os.cpu_count(),
                 "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "actions": args.actions,
+                "largest_output_bytes": args.largest_kib * 1024,
                 "rounds": args.rounds,
                 "bazel_flags": extra_flags,
                 "servers": {s.label: {"rounds": s.rounds, "error": s.error} for s in subjects},

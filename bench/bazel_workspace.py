@@ -3,8 +3,9 @@ layer reading three outputs of the layer below, so Bazel walks a real dependency
 cold build cannot run everything at once) while every action stays cheap and deterministic.
 
 Outputs are a line naming the action, the digest of its inputs, and filler bytes; their sizes
-spread geometrically from 256 B to 256 KiB in a fixed shuffled order, so downloads mix small
-and larger blobs the way a build's outputs do. Genrules only: they build offline.
+spread geometrically from 256 B to `largest` (256 KiB unless told) in a fixed shuffled order,
+so downloads mix small and larger blobs the way a build's outputs do, while the RPCs rather
+than the bytes dominate. Genrules only: they build offline.
 """
 
 import random
@@ -23,18 +24,18 @@ def layer_widths(actions: int, layers: int = LAYERS) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(layers)]
 
 
-def output_sizes(actions: int, seed: int = 16) -> list[int]:
-    ratio = (LARGEST / SMALLEST) ** (1 / max(actions - 1, 1))
+def output_sizes(actions: int, largest: int = LARGEST, seed: int = 16) -> list[int]:
+    ratio = (max(largest, SMALLEST) / SMALLEST) ** (1 / max(actions - 1, 1))
     sizes = [int(SMALLEST * ratio**i) for i in range(actions)]
     random.Random(seed).shuffle(sizes)
     return sizes
 
 
-def write(root: Path, actions: int) -> list[str]:
+def write(root: Path, actions: int, largest: int = LARGEST) -> list[str]:
     """Write WORKSPACE and BUILD under `root`; the labels of the `actions` genrules."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "WORKSPACE").write_text('workspace(name = "bench")\n')
-    sizes = iter(output_sizes(actions))
+    sizes = iter(output_sizes(actions, largest))
     rules: list[str] = []
     labels: list[str] = []
     below: list[str] = []
