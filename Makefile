@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: venv run test test-deps test-debs test-unit test-sqlite test-postgres test-s3 check bench bench-storage proto clean
+.PHONY: venv run test test-deps test-debs test-unit test-sqlite test-postgres test-s3 check bench bench-bazel bench-storage proto clean
 
 # Development installs the tools too (requirements-dev.txt); a server needs only requirements.txt.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -67,6 +67,10 @@ check: venv
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# What a Bazel build feels: real Bazel against ours, bare grpcio, BuildGrid and a disk cache.
+bench-bazel: venv
+	$(PY) bench/bazel.py $(BENCH_ARGS)
 
 # The storage figures: the same workloads on S3 (SeaweedFS) and in pass-through beside direct.
 bench-storage: venv

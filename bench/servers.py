@@ -49,8 +49,8 @@ class Ours:
 
     TENANT = "bench"
 
-    def __init__(self, workdir: Path) -> None:
-        self.data_dir = workdir / "ours"
+    def __init__(self, workdir: Path, name: str = "ours") -> None:
+        self.data_dir = workdir / name
         self.env = {
             **os.environ,
             "DATA_DIR": str(self.data_dir),
@@ -79,13 +79,17 @@ class Ours:
         what its CI accepts from workstations (default: the default, all)."""
         self.data_dir.mkdir(parents=True)
         self.manage("migrate", "--no-input", "-v0")
-        self.manage("tenant", "create", self.TENANT)
+        self.add_tenant(self.TENANT, mode, ci_accepts)
+
+    def add_tenant(self, slug: str, mode: str = "", ci_accepts: str = "") -> None:
+        """A tenant with an empty cache and a PAT of its own, which `metadata` sends from now on."""
+        self.manage("tenant", "create", slug)
         if mode:
-            self.manage("tenant", "mode", self.TENANT, mode)
+            self.manage("tenant", "mode", slug, mode)
         if ci_accepts:
-            self.manage("tenant", "ci-accepts", self.TENANT, ci_accepts)
-        self.manage("tenant", "add-member", self.TENANT, "bencher", "--role", "admin")
-        out = self.manage("token", "issue", "--tenant", self.TENANT, "--user", "bencher", "--name", "bench")
+            self.manage("tenant", "ci-accepts", slug, ci_accepts)
+        self.manage("tenant", "add-member", slug, "bencher", "--role", "admin")
+        out = self.manage("token", "issue", "--tenant", slug, "--user", "bencher", "--name", "bench")
         self.pat = out.strip().splitlines()[-1]
 
     @property

@@ -168,9 +168,33 @@ class Bench:
         write.detail = f"{WRITE_CHUNK // MIB} MiB chunks"
         return [write, read]
 
+    # --- first pass -------------------------------------------------------------------------
+
+    def first_pass(self) -> list[Result]:
+        """BatchUpdateBlobs on a server that has served nothing yet, with no warm-up: one
+        channel (one connection) shared by the client threads, the first 2,000 blobs against
+        the same client's later rounds. What a fresh server or tenant pays once (directories,
+        connections, thread pools) shows up as a first pass slower than the warm figure."""
+        channel = self.target.channel()
+        try:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            lanes = [channel] * CLIENT_THREADS
+            first = Result("First pass: BatchUpdateBlobs, 1 channel", "blobs/s", True)
+            first.samples.append(SMALL_BLOBS / self._batch_update(small_blobs(SMALL_BLOBS, self.rng), lanes))
+            warm = Result("Warm: BatchUpdateBlobs, 1 channel", "blobs/s", True)
+            for _ in range(self.rounds):
+                warm.samples.append(
+                    SMALL_BLOBS / self._batch_update(small_blobs(SMALL_BLOBS, self.rng), lanes)
+                )
+        finally:
+            channel.close()
+        ratio = Result("First pass / warm", "x", True, [first.value / warm.value])
+        ratio.detail = f"{first.value:,.0f} against {warm.value:,.0f} blobs/s"
+        return [first, warm, ratio]
+
     # --- batches ----------------------------------------------------------------------------
 
-    def _batch_update(self, blobs: list[bytes]) -> float:
+    def _batch_update(self, blobs: list[bytes], channels: list[grpc.Channel] | None = None) -> float:
         requests = [
             re_pb2.BatchUpdateBlobsRequest(
                 instance_name=self.target.instance,
@@ -192,7 +216,7 @@ class Bench:
 
             return run
 
-        elapsed = _in_threads([job(r) for r in requests], self.channels)
+        elapsed = _in_threads([job(r) for r in requests], channels or self.channels)
         if failures:
             raise RuntimeError(f"BatchUpdateBlobs refused {len(failures)} blobs: {failures[0]}")
         return elapsed
@@ -347,7 +371,14 @@ class Bench:
         return sum(counts) / elapsed
 
 
-WORKLOADS = ("ByteStream", "BatchUpdateBlobs", "BatchReadBlobs", "FindMissingBlobs", "GetActionResult")
+WORKLOADS = (
+    "FirstPass",
+    "ByteStream",
+    "BatchUpdateBlobs",
+    "BatchReadBlobs",
+    "FindMissingBlobs",
+    "GetActionResult",
+)
 
 
 def run_all(
@@ -358,6 +389,8 @@ def run_all(
     try:
         results: list[Result] = []
         steps: list[tuple[str, Callable[[], list[Result]]]] = [
+            # First, while the server has served nothing.
+            ("FirstPass", bench.first_pass),
             ("ByteStream", bench.bytestream),
             ("BatchUpdateBlobs", lambda: [bench.batch_update()]),
             ("BatchReadBlobs", lambda: [bench.batch_read()]),
