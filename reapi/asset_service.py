@@ -17,7 +17,7 @@ import grpc
 from django.conf import settings
 from google.protobuf import any_pb2
 
-from reapi import assets, clusters, db_threads, egress
+from reapi import assets, clusters, db_threads, digests, egress
 from reapi.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -197,7 +197,7 @@ class PushService(ra_grpc.PushServicer):
             _check_digest_function(request.digest_function)
             caller = _caller(self.cluster, request.instance_name)
             wanted = assets.parse_request(Asset.Kind.BLOB, request.uris, _qualifiers(request))
-        digest = assets.check_digest(request.blob_digest.hash, request.blob_digest.size_bytes, "blob_digest")
+        digest = digests.check_field(request.blob_digest, "blob_digest")
         assets.push(caller, wanted, digest, _when(request, "expire_at"))
         return ra_pb2.PushBlobResponse()
 
@@ -209,10 +209,6 @@ class PushService(ra_grpc.PushServicer):
             _check_digest_function(request.digest_function)
             caller = _caller(self.cluster, request.instance_name)
             wanted = assets.parse_request(Asset.Kind.DIRECTORY, request.uris, _qualifiers(request))
-        digest = assets.check_digest(
-            request.root_directory_digest.hash,
-            request.root_directory_digest.size_bytes,
-            "root_directory_digest",
-        )
+        digest = digests.check_field(request.root_directory_digest, "root_directory_digest")
         assets.push(caller, wanted, digest, _when(request, "expire_at"))
         return ra_pb2.PushDirectoryResponse()

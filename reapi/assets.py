@@ -56,7 +56,7 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from django.db.models import F
 from django.utils import timezone
 
-from reapi import clusters, digests, egress, http_fetch, metrics, uploads, usage
+from reapi import clusters, egress, http_fetch, metrics, uploads, usage
 from reapi.auth import Principal
 from reapi.digests import Digest
 from reapi.errors import (
@@ -727,10 +727,3 @@ def push(caller: Caller, request: AssetRequest, digest: Digest, expires_at: date
     text = sri.text if sri is not None else sri_of("sha256", bytes.fromhex(digest.hash))
     for index in range(len(request.uris)):
         record(caller, request, index, digest, Asset.Origin.PUSHED, text, expires_at)
-
-
-def check_digest(hash_: str, size: int, field_name: str) -> Digest:
-    try:
-        return digests.check(hash_, size)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{field_name}: {exc.message}") from None

@@ -295,7 +295,7 @@ def test_older_entries_are_judged_by_their_provenance_once_then_carry_their_orig
 def test_execute_on_ci_answers_from_the_cache_only_with_what_ci_accepts(
     pt: Acme, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers import scheduler
+    from reapi import scheduler
 
     queued: list[str] = []
     monkeypatch.setattr(scheduler, "enqueue", lambda op: queued.append(op.name))

@@ -16,15 +16,15 @@ from pathlib import Path
 from django.conf import settings
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from reapi import ac_entries, clusters, conflicts, faults, metrics, provenance
+from reapi import ac_entries, clusters, conflicts, error_status, faults, metrics, operations, provenance
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, Internal, InvalidArgument, ReapiError, Unauthenticated
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from workers import inputs, operations, outputs, pools, process, sandbox
+from reapi.protos import re_pb2
+from reapi.scheduler import load_action, platform_of, timeout_of
+from workers import inputs, outputs, pools, process, sandbox
 from workers.models import Operation
 from workers.monitor import Identity, Monitor, force_rmtree
 from workers.paths import check_relative, resolve
-from workers.scheduler import load_action, platform_of, timeout_of
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ def execute(op: Operation, me: Identity, cancelled: threading.Event) -> re_pb2.E
         base.mkdir(parents=True)
         return _execute_in(op, me, base, meta, cancelled)
     except ReapiError as err:
-        return re_pb2.ExecuteResponse(status=operations.status_for(err), message=err.message)
+        return re_pb2.ExecuteResponse(status=error_status.of(err), message=err.message)
     except Exception as exc:
         # The details stay in the worker's log under a request id: a client learns no path or
         # exception text, and a storage fault gets its code (UNAVAILABLE, RESOURCE_EXHAUSTED).
         failure = faults.as_error(exc, f"operation {op.name} on worker {me.name}")
-        return re_pb2.ExecuteResponse(status=operations.status_for(failure), message=failure.message)
+        return re_pb2.ExecuteResponse(status=error_status.of(failure), message=failure.message)
     finally:
         force_rmtree(str(base))
 
@@ -170,14 +170,14 @@ def _execute_in(
         )
         return re_pb2.ExecuteResponse(
             result=result,
-            status=operations.error_status(operations.DEADLINE_EXCEEDED_CODE, message),
+            status=error_status.status("DEADLINE_EXCEEDED", message),
             message=message,
         )
     if limit_message:
         # The command ran and a limit ended it: an ordinary failed action (a non-zero exit,
         # never cached), with the reason where Bazel shows it.
         return re_pb2.ExecuteResponse(
-            result=result, status=operations.error_status(0, ""), message=limit_message
+            result=result, status=error_status.status("OK", ""), message=limit_message
         )
     if outcome.exit_code == 0 and not action.do_not_cache:
         # ... then the action cache, recorded as written by the requester's token.
@@ -204,6 +204,6 @@ def _execute_in(
             # more entries than it takes) is still the action's result; it is not cached.
             log.info("operation %s: result not cached: %s", op.name, exc.message)
             return re_pb2.ExecuteResponse(
-                result=result, status=operations.error_status(0, ""), message=f"not cached: {exc.message}"
+                result=result, status=error_status.status("OK", ""), message=f"not cached: {exc.message}"
             )
-    return re_pb2.ExecuteResponse(result=result, status=operations.error_status(0, ""))
+    return re_pb2.ExecuteResponse(result=result, status=error_status.status("OK", ""))

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from reapi import digests
 from reapi.cas import Cas
 from reapi.digests import Digest
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.protos import re_pb2
 from workers.paths import check_relative, make_dirs, resolve
 
 SMALL_BLOB = 1024 * 1024

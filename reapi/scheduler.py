@@ -7,13 +7,13 @@ import logging
 
 from django.conf import settings
 
-from reapi import clusters, digests, provenance
+from reapi import clusters, digests, operations, provenance
 from reapi.auth import Principal
 from reapi.cas import Cas
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from workers import operations, pools
+from workers import pools
 from workers.models import Operation
 
 log = logging.getLogger(__name__)
