@@ -15,11 +15,11 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from reapi import atomic_files
 from reapi.filestorage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -364,12 +364,7 @@ class FileBlobStore:
 
     def put_file(self, key: str, path: Path) -> None:
         """Move a verified, fsynced file from spool_dir() to its final name."""
-        final = self._path(key)
-        try:
-            os.replace(path, final)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(path, final)
+        atomic_files.replace(path, Path(self._path(key)))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -402,17 +397,3 @@ class FileBlobStore:
                 self.delete(key)
                 freed += st[0]
         return freed
-
-
-def put_verified_chunks(store: BlobStore, key: str, chunks: Iterable[bytes]) -> None:
-    """Stage chunks in the store's spool, fsync, then publish under `key`."""
-    tmp = store.spool_dir() / f"{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        store.put_file(key, tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
