@@ -52,11 +52,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from reapi import clusters, egress, http_fetch, metrics, uploads, usage
+from reapi import clusters, db_threads, egress, http_fetch, metrics, uploads, usage
 from reapi.auth import Principal
 from reapi.digests import Digest
 from reapi.errors import (
@@ -319,16 +319,9 @@ class Caller:
 _ROW = ("id", "key", "uri", "sri", "canonical_id", "digest_hash", "digest_size", "fetched_at", "expires_at")
 
 
-def _checked_connection() -> None:
-    """Drop this thread's database connection if it broke or aged out (gRPC and download
-    threads live long; Django's request signals never run there)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
-
-
 def lookup(caller: Caller, request: AssetRequest, oldest: datetime | None = None) -> Found | None:
     """The cached asset for `request`, its content present in the CAS; None on a miss."""
-    _checked_connection()
+    db_threads.checked_connection()
     keys = [request.key(i) for i in range(len(request.uris))]
     rows = Asset.objects.filter(storage=caller.storage, tenant_id=caller.tenant_id, key__in=keys)
     by_key = {row[1]: row for row in rows.values_list(*_ROW)}
@@ -383,7 +376,7 @@ def record(
     expires_at: datetime | None = None,
 ) -> int:
     """Map the URI at `index` (with the request's qualifiers) to `digest`; returns the row id."""
-    _checked_connection()
+    db_threads.checked_connection()
     now = timezone.now()
     values = {
         "kind": request.kind,
@@ -435,7 +428,7 @@ class Hits:
             taken, self._counts = self._counts, {}
         if not taken:
             return 0
-        _checked_connection()
+        db_threads.checked_connection()
         failed = {}
         for asset_id, (count, last) in taken.items():
             try:
