@@ -3,8 +3,8 @@
 import secrets
 
 from tests.oidc import CLIENT_ID
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 PRODUCTION = {
     "DJANGO_PRODUCTION": "1",

@@ -12,8 +12,8 @@ from django.test import Client, override_settings
 
 from portal.models import AuditEvent
 from tests.oidc import PortalServer
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 PASSWORD = "the-right-password-42"
 
