@@ -68,6 +68,7 @@ from reapi.errors import (
     Unavailable,
 )
 from reapi.models import Asset
+from reapi.once import Once
 
 log = logging.getLogger(__name__)
 
@@ -505,18 +506,12 @@ class Downloads:
                 future.set_exception(exc)
 
 
-_downloads: Downloads | None = None
-_downloads_lock = threading.Lock()
+def _make_downloads() -> Downloads:
+    threads = settings.REAPI_ASSET_DOWNLOADS
+    return Downloads(threads, max_flights=threads * 16)
 
 
-def downloads() -> Downloads:
-    global _downloads
-    if _downloads is None:
-        with _downloads_lock:
-            if _downloads is None:
-                threads = settings.REAPI_ASSET_DOWNLOADS
-                _downloads = Downloads(threads, max_flights=threads * 16)
-    return _downloads
+downloads = Once(_make_downloads)
 
 
 def policy() -> egress.Policy:

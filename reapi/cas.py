@@ -350,12 +350,7 @@ class Cas:
             data = self.get(tenant, digest)
         except NotFound:
             return None
-        directory = re_pb2.Directory()
-        try:
-            directory.ParseFromString(data)
-        except Exception:
-            raise InvalidArgument(f"blob {digest} is not a Directory message") from None
-        return directory
+        return messages.parse(re_pb2.Directory, data, f"blob {digest}")
 
 
 def _chunks(f: BinaryIO, offset: int, remaining: int) -> Iterator[bytes]:

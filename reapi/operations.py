@@ -67,14 +67,12 @@ def create_or_join(
                 return existing, False
         try:
             with transaction.atomic():
-                op = Operation.objects.create(
-                    name=uuid.uuid4().hex,
-                    tenant_id=tenant_id,
-                    cluster=cluster,
-                    storage_alias=storage_alias,
-                    pool=pool,
-                    action_hash=action.hash,
-                    action_size=action.size,
+                op = _create(
+                    tenant_id,
+                    cluster,
+                    storage_alias,
+                    pool,
+                    action,
                     inflight_key=key,
                     requested_by=requested_by or {},
                 )
@@ -89,6 +87,25 @@ def record_cached(
 ) -> Operation:
     response = re_pb2.ExecuteResponse(result=result, cached_result=True, status=error_status.status("OK", ""))
     now = timezone.now()
+    return _create(
+        tenant_id,
+        cluster,
+        storage_alias,
+        pool,
+        action,
+        stage=COMPLETED,
+        done=True,
+        cached=True,
+        exit_code=result.exit_code,
+        response=response.SerializeToString(),
+        started_at=now,
+        completed_at=now,
+    )
+
+
+def _create(
+    tenant_id: int, cluster: str, storage_alias: str, pool: str, action: Digest, **fields: Any
+) -> Operation:
     return Operation.objects.create(
         name=uuid.uuid4().hex,
         tenant_id=tenant_id,
@@ -97,13 +114,7 @@ def record_cached(
         pool=pool,
         action_hash=action.hash,
         action_size=action.size,
-        stage=COMPLETED,
-        done=True,
-        cached=True,
-        exit_code=result.exit_code,
-        response=response.SerializeToString(),
-        started_at=now,
-        completed_at=now,
+        **fields,
     )
 
 
