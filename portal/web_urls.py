@@ -5,6 +5,7 @@ from django.urls import include, path
 from portal import (
     account_views,
     assets,
+    fleet_views,
     invocation_views,
     member_views,
     oidc,
@@ -12,7 +13,6 @@ from portal import (
     token_views,
     views,
 )
-from workers import views as worker_views
 
 # A tenant's pages, under t/<slug>/: every view takes the slug.
 tenant_pages = [
@@ -40,8 +40,8 @@ tenant_pages = [
     path("invocations/", invocation_views.invocations_page, name="invocations"),
     path("invocations/<str:invocation_id>/", invocation_views.invocation_page, name="invocation"),
     path("bazelrc/", views.bazelrc_builder, name="bazelrc"),
-    path("workers/", worker_views.tenant_fleet_page, name="tenant_workers"),
-    path("workers/<str:name>/", worker_views.operation_page, name="operation"),
+    path("workers/", fleet_views.tenant_fleet_page, name="tenant_workers"),
+    path("workers/<str:name>/", fleet_views.operation_page, name="operation"),
 ]
 
 urlpatterns = [
