@@ -194,7 +194,8 @@ def parse(message_type: type[M], data: bytes, what: str) -> M:
     try:
         message.ParseFromString(data)
     except Exception:  # DecodeError, or whatever else the protobuf runtime raises for garbage
-        raise InvalidArgument(f"{what} is not a {message_type.__name__} message") from None
+        name = message_type.__name__
+        raise InvalidArgument(f"{what} is not {'an' if name[0] in 'AEIOU' else 'a'} {name} message") from None
     return message
 
 
