@@ -45,7 +45,7 @@ from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_gr
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2  # noqa: E402
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc  # noqa: E402
-from tests.asset_origin import Origin  # noqa: E402
+from tests.support.asset_origin import Origin  # noqa: E402
 
 MIB = 1024 * 1024
 SIZE = 64 * MIB

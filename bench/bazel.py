@@ -46,7 +46,7 @@ import proc_cpu  # noqa: E402
 import servers  # noqa: E402
 import text_table  # noqa: E402
 
-from tests.bazel import BuildResult, parse_processes  # noqa: E402
+from tests.support.bazel import BuildResult, parse_processes  # noqa: E402
 
 SUBJECTS = ("ours", "bare", "buildgrid", "disk")
 PHASES = ("cold", "warm", "minimal")

@@ -51,8 +51,8 @@ from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
-from tests.reapi_client import digest  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from tests.support.reapi_client import digest  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"

@@ -40,7 +40,7 @@ import workloads  # noqa: E402
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
 from reapi.request_metadata import KEY  # noqa: E402
-from tests.reapi_client import digest  # noqa: E402
+from tests.support.reapi_client import digest  # noqa: E402
 
 HOT_PATH_TOLERANCE = 0.05
 EXPLAIN_TARGET_MS = 200.0

@@ -15,7 +15,7 @@ import grpc
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from tests.servers import free_port, stop_process
+from tests.support.servers import free_port, stop_process
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

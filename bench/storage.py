@@ -41,8 +41,8 @@ import workloads  # noqa: E402
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
-from tests.databases import fresh_postgres_database  # noqa: E402
-from tests.seaweed import SeaweedS3  # noqa: E402
+from tests.support.databases import fresh_postgres_database  # noqa: E402
+from tests.support.seaweed import SeaweedS3  # noqa: E402
 
 FIND_MISSING_TARGET_MS = 60.0
 COLD_ROUNDS = 3

@@ -22,7 +22,7 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
-from tests.reapi_client import digest
+from tests.support.reapi_client import digest
 
 MIB = 1024 * 1024
 BIG_BLOB = 64 * MIB

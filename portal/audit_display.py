@@ -4,7 +4,7 @@ Events store their facts as JSON (portal/audit.py); this turns them into a sente
 for the Audit log page. Plain text only: the template escapes it.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,55 +70,78 @@ def _list(value: Any) -> str:
 
 def describe(event: AuditEvent) -> str:
     d = event.detail or {}
-    action = event.action
-    if action == "login":
-        return {"password": "signed in with a password", "oidc": "signed in with OpenID Connect"}.get(
-            d.get("method", ""), "signed in"
-        )
-    if action == "login.lockout":
-        who = d.get("address") if d.get("kind") == "address" else d.get("username") or "an account"
-        return f"sign-ins for {d.get('kind', 'account')} {who} locked until {d.get('until', '?')}"
-    if action == "token.issue":
-        parts = [f"for {d['owner']}" if d.get("owner") else "", f"scopes {_list(d.get('scopes', []))}"]
-        if d.get("expires"):
-            parts.append(f"expires {d['expires']}")
-        return "; ".join(p for p in parts if p)
-    if action == "token.revoke":
-        return f"revoked because {d['reason']}" if d.get("reason") else "revoked"
-    if action == "token.first_use":
-        return "first used on the REST API" if d.get("via") == "api" else "first used by a build"
-    if action == "token.purge":
-        return f"{d.get('entries', 0)} action-cache entries it wrote deleted"
-    if action == "tenant.create":
-        return f"created, cache mode {d.get('mode', '?')}"
-    if action == "tenant.mode":
-        return f"cache mode {d.get('old', '?')} → {d.get('new', '?')}"
-    if action == "member.add":
-        return f"{d.get('username', '?')} added as {d.get('role', '?')}"
-    if action == "member.invite":
-        change = f" (was {d['old']})" if d.get("old") else ""
-        return f"{d.get('email', '?')} invited as {d.get('role', '?')}{change}"
-    if action == "member.uninvite":
-        return f"invitation for {d.get('email', '?')} cancelled"
-    if action == "member.join":
-        return f"joined as {d.get('role', '?')} by the invitation for {d.get('email', '?')}"
-    if action == "member.role":
-        return f"{d.get('username', '?')}: {d.get('old', '?')} → {d.get('new', '?')}"
-    if action == "member.remove":
-        text = f"{d.get('username', '?')} removed"
-        if "tokens_revoked" in d:
-            text += f"; {d['tokens_revoked']} token(s) revoked"
-        if d.get("ci_rules_removed"):
-            text += f", {d['ci_rules_removed']} CI trust rule(s) deleted"
-        return text
-    if action == "account.create":
-        return f"local account {d.get('username', '?')} <{d.get('email', '')}> made; it sets its own password"
-    if action == "account.password":
-        return "set their password with the link an admin gave them"
-    if action == "account.link":
-        return f"new set-password link for {d.get('username', '?')}"
-    if action == "ci.trust":
-        return f"CI runners with {d.get('claim', '?')} = {d.get('value', '?')} trusted; scopes {_list(d.get('scopes', []))}"
-    if action == "ci.untrust":
-        return f"CI runners with {d.get('claim', '?')} = {d.get('value', '?')} no longer trusted"
-    return "; ".join(f"{k}: {_list(v)}" for k, v in d.items())
+    sentence = _SENTENCES.get(event.action)
+    if sentence is None:
+        return "; ".join(f"{k}: {_list(v)}" for k, v in d.items())
+    return sentence(d)
+
+
+Detail = dict[str, Any]
+
+
+def _login(d: Detail) -> str:
+    methods = {"password": "signed in with a password", "oidc": "signed in with OpenID Connect"}
+    return methods.get(d.get("method", ""), "signed in")
+
+
+def _lockout(d: Detail) -> str:
+    who = d.get("address") if d.get("kind") == "address" else d.get("username") or "an account"
+    return f"sign-ins for {d.get('kind', 'account')} {who} locked until {d.get('until', '?')}"
+
+
+def _token_issue(d: Detail) -> str:
+    parts = [f"for {d['owner']}" if d.get("owner") else "", f"scopes {_list(d.get('scopes', []))}"]
+    if d.get("expires"):
+        parts.append(f"expires {d['expires']}")
+    return "; ".join(p for p in parts if p)
+
+
+def _member_invite(d: Detail) -> str:
+    change = f" (was {d['old']})" if d.get("old") else ""
+    return f"{d.get('email', '?')} invited as {d.get('role', '?')}{change}"
+
+
+def _member_remove(d: Detail) -> str:
+    text = f"{d.get('username', '?')} removed"
+    if "tokens_revoked" in d:
+        text += f"; {d['tokens_revoked']} token(s) revoked"
+    if d.get("ci_rules_removed"):
+        text += f", {d['ci_rules_removed']} CI trust rule(s) deleted"
+    return text
+
+
+def _account_create(d: Detail) -> str:
+    return f"local account {d.get('username', '?')} <{d.get('email', '')}> made; it sets its own password"
+
+
+def _ci_trust(d: Detail) -> str:
+    rule = f"{d.get('claim', '?')} = {d.get('value', '?')}"
+    return f"CI runners with {rule} trusted; scopes {_list(d.get('scopes', []))}"
+
+
+# An event's sentence, by its action; an action not here reads as its facts, "key: value; …".
+_SENTENCES: dict[str, Callable[[Detail], str]] = {
+    "login": _login,
+    "login.lockout": _lockout,
+    "token.issue": _token_issue,
+    "token.revoke": lambda d: f"revoked because {d['reason']}" if d.get("reason") else "revoked",
+    "token.first_use": lambda d: (
+        "first used on the REST API" if d.get("via") == "api" else "first used by a build"
+    ),
+    "token.purge": lambda d: f"{d.get('entries', 0)} action-cache entries it wrote deleted",
+    "tenant.create": lambda d: f"created, cache mode {d.get('mode', '?')}",
+    "tenant.mode": lambda d: f"cache mode {d.get('old', '?')} → {d.get('new', '?')}",
+    "member.add": lambda d: f"{d.get('username', '?')} added as {d.get('role', '?')}",
+    "member.invite": _member_invite,
+    "member.uninvite": lambda d: f"invitation for {d.get('email', '?')} cancelled",
+    "member.join": lambda d: f"joined as {d.get('role', '?')} by the invitation for {d.get('email', '?')}",
+    "member.role": lambda d: f"{d.get('username', '?')}: {d.get('old', '?')} → {d.get('new', '?')}",
+    "member.remove": _member_remove,
+    "account.create": _account_create,
+    "account.password": lambda d: "set their password with the link an admin gave them",
+    "account.link": lambda d: f"new set-password link for {d.get('username', '?')}",
+    "ci.trust": _ci_trust,
+    "ci.untrust": lambda d: (
+        f"CI runners with {d.get('claim', '?')} = {d.get('value', '?')} no longer trusted"
+    ),
+}

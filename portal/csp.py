@@ -1,7 +1,7 @@
 """The Content-Security-Policy every portal response carries (W3C CSP Level 3).
 
-The portal's pages load their style and script from static files only (portal/static,
-workers/static) and have no inline <script>, <style> or style attribute, so the policy needs
+The portal's pages load their style and script from static files only (portal/static)
+and have no inline <script>, <style> or style attribute, so the policy needs
 no 'unsafe-inline': markup injected into a page could neither run a script nor restyle it.
 frame-ancestors 'none' forbids framing (clickjacking), as X-Frame-Options: DENY does for older
 browsers; form-action 'self' keeps injected forms from posting elsewhere.

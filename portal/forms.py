@@ -132,26 +132,28 @@ class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 
 
+def _radio(label: str, choices: list[tuple[str, str]]) -> forms.ChoiceField:
+    return forms.ChoiceField(label=label, choices=choices, widget=forms.RadioSelect)
+
+
 class CacheModeForm(forms.Form):
-    cache_mode = forms.ChoiceField(
-        label="Cache mode",
-        choices=[
+    cache_mode = _radio(
+        "Cache mode",
+        [
             (CacheMode.INDEPENDENT, "Independent: workstations and CI keep separate caches"),
             (CacheMode.PASS_THROUGH, "Pass-through: workstations share CI's cache, both ways"),
         ],
-        widget=forms.RadioSelect,
     )
 
 
 class CiAcceptsForm(forms.Form):
-    ci_accepts = forms.ChoiceField(
-        label="What CI accepts from workstations",
-        choices=[
+    ci_accepts = _radio(
+        "What CI accepts from workstations",
+        [
             (CiAccepts.ALL, "All: every result a workstation writes"),
             (CiAccepts.CONFIRMED, "Confirmed: a workstation's result once it is confirmed"),
             (CiAccepts.NONE, "None: no result a workstation writes"),
         ],
-        widget=forms.RadioSelect,
     )
     ci_confirmations = forms.IntegerField(
         label="Distinct users that confirm a result",

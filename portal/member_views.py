@@ -2,6 +2,9 @@
 configured), and each member's own page, where removing them is confirmed after saying what it
 revokes."""
 
+import contextlib
+from collections.abc import Iterator
+
 from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -19,6 +22,15 @@ from portal.views import page, tenant_view
 def _local_login() -> None:
     if settings.OIDC_ENABLED:
         raise Http404("accounts come from the sign-in provider here")
+
+
+@contextlib.contextmanager
+def _refusal_shown(request: HttpRequest) -> Iterator[None]:
+    """A change the membership rules refuse (the last admin, oneself) is told on the next page."""
+    try:
+        yield
+    except invitations.MembershipError as exc:
+        messages.error(request, str(exc))
 
 
 @tenant_view()
@@ -145,11 +157,9 @@ def member_role(request: HttpRequest, acc: TenantAccess, membership_id: int) -> 
     if not form.is_valid():
         messages.error(request, "Choose admin or developer.")
     else:
-        try:
+        with _refusal_shown(request):
             invitations.change_role(membership, form.cleaned_data["role"], acc.user)
             messages.success(request, f"{membership.user.get_username()} is now {membership.role}.")
-        except invitations.MembershipError as exc:
-            messages.error(request, str(exc))
     return redirect("members", slug=acc.tenant.slug)
 
 
@@ -178,11 +188,9 @@ def member_detail(request: HttpRequest, acc: TenantAccess, membership_id: int) -
 def member_remove(request: HttpRequest, acc: TenantAccess, membership_id: int) -> HttpResponse:
     membership = get_object_or_404(Membership, tenant=acc.tenant, pk=membership_id)
     name = membership.user.get_username()
-    try:
+    with _refusal_shown(request):
         invitations.remove(membership, acc.user)
         messages.success(request, f"{name} removed; their tokens in {acc.tenant.slug} are revoked.")
-    except invitations.MembershipError as exc:
-        messages.error(request, str(exc))
     return redirect("members", slug=acc.tenant.slug)
 
 

@@ -16,6 +16,7 @@ from portal.models import (
     Role,
     Tenant,
 )
+from reapi import digests
 
 
 class TenancyError(ValueError):
@@ -153,7 +154,5 @@ def add_member(
 
 
 # A tenant slug doubles as the REAPI instance name, so it may not be one of the
-# reserved resource-name segments (REAPI v2, ByteStream resource names).
-RESERVED_SLUGS = frozenset(
-    {"blobs", "uploads", "actions", "actionresults", "operations", "capabilities", "compressed-blobs"}
-)
+# reserved resource-name segments (REAPI v2, ByteStream resource names); slugs are lowercase.
+RESERVED_SLUGS = frozenset(segment.lower() for segment in digests.RESERVED)

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from portal import forms, metrics, views
+from portal import fleet_views, forms, metrics, views
 
 # Password sign-ins through the admin site are throttled like the portal's (portal/login_throttle.py).
 admin.site.login_form = forms.AdminLoginForm
@@ -12,7 +12,7 @@ urlpatterns = [
     path("admin/login/", views.admin_login),
     path("admin/", admin.site.urls),
     path("api/v1/", include("portal.api_urls")),
-    path("workers/", include("workers.urls")),
+    path("workers/", fleet_views.fleet_page, name="workers"),
     path("", include("portal.web_urls")),
 ]
 

@@ -1,5 +1,6 @@
 """Reading the usage counters the gRPC servers flush (reapi/usage.py) for the portal."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -70,27 +71,27 @@ def totals(tenant: Tenant, days: int = 7, only: Q | None = None) -> Day:
 
 
 def hits_chart(days: list[Day]) -> SafeString:
-    return charts.bar_chart(
-        "Action cache hits and misses per day",
-        [d.day for d in days],
-        [
-            charts.Series("hits", [d.hits for d in days], "s-hit"),
-            charts.Series("misses", [d.misses for d in days], "s-miss"),
-        ],
-    )
+    series = [("hits", "hits", "s-hit"), ("misses", "misses", "s-miss")]
+    return _per_day("Action cache hits and misses per day", days, series)
 
 
 def bytes_chart(days: list[Day]) -> SafeString:
-    return charts.bar_chart(
-        "Bytes stored and served per day",
-        [d.day for d in days],
-        [
-            charts.Series("stored", [d.bytes_stored for d in days], "s-stored"),
-            charts.Series("served", [d.bytes_served for d in days], "s-served"),
-        ],
-        fmt=charts.human_bytes,
-        axis=charts.byte_axis,
+    series = [("stored", "bytes_stored", "s-stored"), ("served", "bytes_served", "s-served")]
+    return _per_day(
+        "Bytes stored and served per day", days, series, fmt=charts.human_bytes, axis=charts.byte_axis
     )
+
+
+def _per_day(
+    title: str,
+    days: list[Day],
+    series: list[tuple[str, str, str]],
+    fmt: Callable[[int], str] = str,
+    axis: Callable[[int], charts.Axis] = charts.count_axis,
+) -> SafeString:
+    """A bar chart of `days`, one series per (label, Day field, CSS class)."""
+    bars = [charts.Series(label, [getattr(d, field) for d in days], css) for label, field, css in series]
+    return charts.bar_chart(title, [d.day for d in days], bars, fmt, axis)
 
 
 @dataclass(frozen=True)

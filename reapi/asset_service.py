@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import grpc
 from django.conf import settings
 from google.protobuf import any_pb2
 
-from reapi import assets, clusters, db_threads, egress
+from reapi import assets, clusters, db_threads, digests, egress
 from reapi.call_context import principal
 from reapi.errors import (
     Cancelled,
@@ -34,6 +35,7 @@ from reapi.grpc_edge import unary
 from reapi.models import Asset
 
 SHA256 = re_pb2.DigestFunction.SHA256
+R = TypeVar("R")
 
 
 def _caller(cluster: str, instance: str) -> assets.Caller:
@@ -101,6 +103,31 @@ def _bad_request_details(context: grpc.ServicerContext) -> Iterator[None]:
         raise
 
 
+def _asked(
+    cluster: str, request: AssetMessage, kind: str, context: grpc.ServicerContext
+) -> tuple[assets.Caller, assets.AssetRequest]:
+    """Who asks, and for what: the request's URIs and qualifiers, checked (unsupported
+    qualifiers go back with their BadRequest details)."""
+    with _bad_request_details(context):
+        _check_digest_function(request.digest_function)
+        caller = _caller(cluster, request.instance_name)
+        return caller, assets.parse_request(kind, request.uris, _qualifiers(request))
+
+
+def _digest(found: assets.Found) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=found.digest.hash, size_bytes=found.digest.size)
+
+
+def _answer(found: assets.Found) -> dict[str, Any]:
+    """The fields a Fetch response shares: OK, the URI served, and its checksum qualifier."""
+    return {
+        "status": status_pb2.Status(code=0),
+        "uri": found.uri,
+        "qualifiers": [ra_pb2.Qualifier(name=assets.CHECKSUM, value=found.sri)] if found.sri else [],
+        "digest_function": SHA256,
+    }
+
+
 def _wait(future: "futures.Future[assets.Found]", context: grpc.ServicerContext, uri: str) -> assets.Found:
     """The download's result, waiting no longer than the client does. A download the client
     stops waiting for goes on, and a request that comes again joins it or finds it done."""
@@ -129,18 +156,19 @@ def _timeout(request: ra_pb2.FetchBlobRequest | ra_pb2.FetchDirectoryRequest) ->
     return seconds or None
 
 
-class FetchService(ra_grpc.FetchServicer):
+class _ClusterService:
+    """A service of one cluster's endpoint (`reapi serve --cluster`)."""
+
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
 
+
+class FetchService(_ClusterService, ra_grpc.FetchServicer):
     @unary
     def FetchBlob(
         self, request: ra_pb2.FetchBlobRequest, context: grpc.ServicerContext
     ) -> ra_pb2.FetchBlobResponse:
-        with _bad_request_details(context):
-            _check_digest_function(request.digest_function)
-            caller = _caller(self.cluster, request.instance_name)
-            wanted = assets.parse_request(Asset.Kind.BLOB, request.uris, _qualifiers(request))
+        caller, wanted = _asked(self.cluster, request, Asset.Kind.BLOB, context)
         oldest = _when(request, "oldest_content_accepted")
         # On a thread that keeps its database connection: this call runs on the waiting pool
         # (methods.WAITING_METHODS), whose many threads must not each hold one.
@@ -154,22 +182,13 @@ class FetchService(ra_grpc.FetchServicer):
                 )
             future = assets.fetch(caller, wanted, _timeout(request))
             found = _wait(future, context, wanted.uris[0])
-        return ra_pb2.FetchBlobResponse(
-            status=status_pb2.Status(code=0),
-            uri=found.uri,
-            qualifiers=[ra_pb2.Qualifier(name=assets.CHECKSUM, value=found.sri)] if found.sri else [],
-            blob_digest=re_pb2.Digest(hash=found.digest.hash, size_bytes=found.digest.size),
-            digest_function=SHA256,
-        )
+        return ra_pb2.FetchBlobResponse(blob_digest=_digest(found), **_answer(found))
 
     @unary
     def FetchDirectory(
         self, request: ra_pb2.FetchDirectoryRequest, context: grpc.ServicerContext
     ) -> ra_pb2.FetchDirectoryResponse:
-        with _bad_request_details(context):
-            _check_digest_function(request.digest_function)
-            caller = _caller(self.cluster, request.instance_name)
-            wanted = assets.parse_request(Asset.Kind.DIRECTORY, request.uris, _qualifiers(request))
+        caller, wanted = _asked(self.cluster, request, Asset.Kind.DIRECTORY, context)
         found = assets.lookup(caller, wanted, _when(request, "oldest_content_accepted"))
         if found is None:
             raise Unimplemented(
@@ -177,43 +196,33 @@ class FetchService(ra_grpc.FetchServicer):
                 f"stored, and nothing stored matches {egress.redact(wanted.uris[0])[:300]} with "
                 "these qualifiers (FetchBlob downloads files)"
             )
-        return ra_pb2.FetchDirectoryResponse(
-            status=status_pb2.Status(code=0),
-            uri=found.uri,
-            qualifiers=[ra_pb2.Qualifier(name=assets.CHECKSUM, value=found.sri)] if found.sri else [],
-            root_directory_digest=re_pb2.Digest(hash=found.digest.hash, size_bytes=found.digest.size),
-            digest_function=SHA256,
-        )
+        return ra_pb2.FetchDirectoryResponse(root_directory_digest=_digest(found), **_answer(found))
 
 
-class PushService(ra_grpc.PushServicer):
-    def __init__(self, cluster: str) -> None:
-        self.cluster = cluster
-
+class PushService(_ClusterService, ra_grpc.PushServicer):
     @unary
     def PushBlob(
         self, request: ra_pb2.PushBlobRequest, context: grpc.ServicerContext
     ) -> ra_pb2.PushBlobResponse:
-        with _bad_request_details(context):
-            _check_digest_function(request.digest_function)
-            caller = _caller(self.cluster, request.instance_name)
-            wanted = assets.parse_request(Asset.Kind.BLOB, request.uris, _qualifiers(request))
-        digest = assets.check_digest(request.blob_digest.hash, request.blob_digest.size_bytes, "blob_digest")
-        assets.push(caller, wanted, digest, _when(request, "expire_at"))
-        return ra_pb2.PushBlobResponse()
+        return self._push(request, Asset.Kind.BLOB, "blob_digest", ra_pb2.PushBlobResponse(), context)
 
     @unary
     def PushDirectory(
         self, request: ra_pb2.PushDirectoryRequest, context: grpc.ServicerContext
     ) -> ra_pb2.PushDirectoryResponse:
-        with _bad_request_details(context):
-            _check_digest_function(request.digest_function)
-            caller = _caller(self.cluster, request.instance_name)
-            wanted = assets.parse_request(Asset.Kind.DIRECTORY, request.uris, _qualifiers(request))
-        digest = assets.check_digest(
-            request.root_directory_digest.hash,
-            request.root_directory_digest.size_bytes,
-            "root_directory_digest",
-        )
+        response = ra_pb2.PushDirectoryResponse()
+        return self._push(request, Asset.Kind.DIRECTORY, "root_directory_digest", response, context)
+
+    def _push(
+        self,
+        request: ra_pb2.PushBlobRequest | ra_pb2.PushDirectoryRequest,
+        kind: str,
+        digest_field: str,
+        response: R,
+        context: grpc.ServicerContext,
+    ) -> R:
+        """Record the request's URIs as naming the blob or directory its `digest_field` gives."""
+        caller, wanted = _asked(self.cluster, request, kind, context)
+        digest = digests.check_field(getattr(request, digest_field), digest_field)
         assets.push(caller, wanted, digest, _when(request, "expire_at"))
-        return ra_pb2.PushDirectoryResponse()
+        return response

@@ -52,11 +52,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from reapi import clusters, digests, egress, http_fetch, metrics, uploads, usage
+from reapi import clusters, db_threads, egress, http_fetch, metrics, uploads, usage
 from reapi.auth import Principal
 from reapi.digests import Digest
 from reapi.errors import (
@@ -68,6 +68,7 @@ from reapi.errors import (
     Unavailable,
 )
 from reapi.models import Asset
+from reapi.once import Once
 
 log = logging.getLogger(__name__)
 
@@ -319,16 +320,9 @@ class Caller:
 _ROW = ("id", "key", "uri", "sri", "canonical_id", "digest_hash", "digest_size", "fetched_at", "expires_at")
 
 
-def _checked_connection() -> None:
-    """Drop this thread's database connection if it broke or aged out (gRPC and download
-    threads live long; Django's request signals never run there)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
-
-
 def lookup(caller: Caller, request: AssetRequest, oldest: datetime | None = None) -> Found | None:
     """The cached asset for `request`, its content present in the CAS; None on a miss."""
-    _checked_connection()
+    db_threads.checked_connection()
     keys = [request.key(i) for i in range(len(request.uris))]
     rows = Asset.objects.filter(storage=caller.storage, tenant_id=caller.tenant_id, key__in=keys)
     by_key = {row[1]: row for row in rows.values_list(*_ROW)}
@@ -383,7 +377,7 @@ def record(
     expires_at: datetime | None = None,
 ) -> int:
     """Map the URI at `index` (with the request's qualifiers) to `digest`; returns the row id."""
-    _checked_connection()
+    db_threads.checked_connection()
     now = timezone.now()
     values = {
         "kind": request.kind,
@@ -435,7 +429,7 @@ class Hits:
             taken, self._counts = self._counts, {}
         if not taken:
             return 0
-        _checked_connection()
+        db_threads.checked_connection()
         failed = {}
         for asset_id, (count, last) in taken.items():
             try:
@@ -512,18 +506,12 @@ class Downloads:
                 future.set_exception(exc)
 
 
-_downloads: Downloads | None = None
-_downloads_lock = threading.Lock()
+def _make_downloads() -> Downloads:
+    threads = settings.REAPI_ASSET_DOWNLOADS
+    return Downloads(threads, max_flights=threads * 16)
 
 
-def downloads() -> Downloads:
-    global _downloads
-    if _downloads is None:
-        with _downloads_lock:
-            if _downloads is None:
-                threads = settings.REAPI_ASSET_DOWNLOADS
-                _downloads = Downloads(threads, max_flights=threads * 16)
-    return _downloads
+downloads = Once(_make_downloads)
 
 
 def policy() -> egress.Policy:
@@ -727,10 +715,3 @@ def push(caller: Caller, request: AssetRequest, digest: Digest, expires_at: date
     text = sri.text if sri is not None else sri_of("sha256", bytes.fromhex(digest.hash))
     for index in range(len(request.uris)):
         record(caller, request, index, digest, Asset.Origin.PUSHED, text, expires_at)
-
-
-def check_digest(hash_: str, size: int, field_name: str) -> Digest:
-    try:
-        return digests.check(hash_, size)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{field_name}: {exc.message}") from None

@@ -15,11 +15,11 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from reapi import atomic_files
 from reapi.filestorage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class FileBlobStore:
         self._listings: dict[str, tuple[int, frozenset[str]]] = {}
         self._listed_names = 0
         self._sync = GroupSync(root)
+        self._fanned_out: set[str] = set()  # see _make_parent
         # Key -> ((inode, size, mtime_ns, ctime_ns), bytes) of small files read: see get.
         self._small: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}
         self._small_bytes = 0
@@ -367,12 +368,7 @@ class FileBlobStore:
 
     def put_file(self, key: str, path: Path) -> None:
         """Move a verified, fsynced file from spool_dir() to its final name."""
-        final = self._path(key)
-        try:
-            os.replace(path, final)
-        except FileNotFoundError:
-            self._make_parent(key)
-            os.replace(path, final)
+        atomic_files.replace(path, Path(self._path(key)), lambda: self._make_parent(key))
 
     def _make_parent(self, key: str) -> None:
         """Make the directory `key` belongs in.
@@ -385,7 +381,8 @@ class FileBlobStore:
         parent = os.path.dirname(self._path(key))
         fan_out, name = os.path.split(parent)
         os.makedirs(parent, exist_ok=True)
-        if len(name) == 2 and all(c in _HEX for c in name):
+        if len(name) == 2 and all(c in _HEX for c in name) and fan_out not in self._fanned_out:
+            self._fanned_out.add(fan_out)  # concurrent batches would each make all 256 again
             for i in range(256):
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(os.path.join(fan_out, f"{i:02x}"))
@@ -421,17 +418,3 @@ class FileBlobStore:
                 self.delete(key)
                 freed += st[0]
         return freed
-
-
-def put_verified_chunks(store: BlobStore, key: str, chunks: Iterable[bytes]) -> None:
-    """Stage chunks in the store's spool, fsync, then publish under `key`."""
-    tmp = store.spool_dir() / f"{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        store.put_file(key, tmp)
-    finally:
-        tmp.unlink(missing_ok=True)

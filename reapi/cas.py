@@ -4,7 +4,6 @@ No gRPC here: the servicers in reapi/*_service.py unpack requests and map the er
 reapi.errors to status codes.
 """
 
-import base64
 import contextlib
 import hashlib
 import logging
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
-from reapi import digests, faults, messages, metrics, uploads
+from reapi import digests, faults, messages, metrics, page_tokens, uploads
 from reapi.blobstore import BlobStore
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument, NotFound, OutOfRange, ReapiError, ResourceExhausted
@@ -316,7 +315,7 @@ class Cas:
         if page_size < 0:
             raise InvalidArgument(f"page_size {page_size} is negative")
         page_size = min(page_size or DEFAULT_TREE_PAGE, MAX_TREE_PAGE)
-        start = _decode_page_token(page_token)
+        start = page_tokens.decode("bfs", page_token) if page_token else 0
         root_dir = self.directory(tenant, root)
         if root_dir is None:
             raise NotFound(f"tree root {root} is not in the CAS")
@@ -329,7 +328,7 @@ class Cas:
             for digest, directory in queue:
                 if position >= start:
                     if len(page) == page_size:
-                        return page, _encode_page_token(position)
+                        return page, page_tokens.encode("bfs", position)
                     page.append(directory)
                 position += 1
                 # Checked like a request (reapi.messages): a bad digest or name fails the read
@@ -351,12 +350,7 @@ class Cas:
             data = self.get(tenant, digest)
         except NotFound:
             return None
-        directory = re_pb2.Directory()
-        try:
-            directory.ParseFromString(data)
-        except Exception:
-            raise InvalidArgument(f"blob {digest} is not a Directory message") from None
-        return directory
+        return messages.parse(re_pb2.Directory, data, f"blob {digest}")
 
 
 def _chunks(f: BinaryIO, offset: int, remaining: int) -> Iterator[bytes]:
@@ -368,22 +362,6 @@ def _chunks(f: BinaryIO, offset: int, remaining: int) -> Iterator[bytes]:
                 raise NotFound("blob ended early in storage")
             remaining -= len(data)
             yield data
-
-
-def _encode_page_token(position: int) -> str:
-    return base64.urlsafe_b64encode(f"bfs:{position}".encode()).decode()
-
-
-def _decode_page_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        kind, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "bfs" and number.isdigit():
-            return int(number)
-    except ValueError:
-        pass
-    raise InvalidArgument(f"page_token {token[:40]!r} was not issued by this server")
 
 
 class Upload:

@@ -128,9 +128,9 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         self, request: re_pb2.BatchReadBlobsRequest, context: grpc.ServicerContext
     ) -> re_pb2.BatchReadBlobsResponse:
         tenant, backend = self._call(request.instance_name, request.digest_function)
+        zstd = re_pb2.Compressor.ZSTD in request.acceptable_compressors
         wanted = list(request.digests)
         results = backend.cas.batch_read(tenant, [digest_or_error(d) for d in wanted])
-        zstd = re_pb2.Compressor.ZSTD in request.acceptable_compressors
         responses = []
         served = 0
         ok = rpc_status(None)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import ParamSpec, TypeVar
 
+from django.db import close_old_connections, connection
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -24,3 +26,11 @@ _pool = futures.ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="reap
 def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call `fn` on one of the threads and return what it returns (or raise what it raises)."""
     return _pool.submit(fn, *args, **kwargs).result()
+
+
+def checked_connection() -> None:
+    """Drop this thread's database connection if it broke or aged out (gRPC handler and
+    download threads live long and Django's request signals never run there), but never inside
+    a transaction a caller opened."""
+    if not connection.in_atomic_block:
+        close_old_connections()

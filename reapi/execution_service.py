@@ -2,7 +2,8 @@
 
 Execute streams QUEUED, EXECUTING and COMPLETED (REAPI ExecutionStage) as the operation row
 changes; a client that reconnects with WaitExecution follows the same operation to its end.
-The core lives in workers/ (scheduler, operations, watch), free of gRPC.
+The core, free of gRPC, is reapi/scheduler.py (check, route, answer from the cache or queue),
+reapi/operations.py (an operation's life) and reapi/operation_watch.py (waking waiting streams).
 """
 
 import time
@@ -10,14 +11,14 @@ from collections.abc import Iterator
 
 import grpc
 
-from reapi import db_threads, digests, invocations, request_metadata
+from reapi import db_threads, digests, invocations, operation_watch, operations, request_metadata, scheduler
 from reapi.call_context import principal, writer_of
 from reapi.cas_service import check_digest_function
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.grpc_edge import streaming
-from workers import operations, pools, scheduler, watch
+from workers import pools
 from workers.models import Operation
 
 # An idle stream gets the unchanged operation again this often, so proxies and clients that
@@ -38,7 +39,7 @@ def follow(op: Operation, instance: str, context: grpc.ServicerContext) -> Itera
         return
     while True:
         # Short waits, so a stream whose client left (or a server stopping) ends promptly.
-        newer = watch.wait(op.pk, op.version, CHECK_SECONDS)
+        newer = operation_watch.wait(op.pk, op.version, CHECK_SECONDS)
         if newer is not None:
             op = newer
         elif not context.is_active():

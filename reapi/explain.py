@@ -25,9 +25,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from reapi import clusters
+from reapi import clusters, digests
 from reapi.digests import Digest
-from reapi.errors import NotFound, ReapiError
+from reapi.errors import ReapiError
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import InvocationMiss
 
@@ -71,11 +71,11 @@ def shown(text: str) -> str:
 
 
 def _blob(backend: clusters.Backend, tenant: str, d: re_pb2.Digest) -> bytes | None:
-    if not (0 <= d.size_bytes <= MAX_MESSAGE_BYTES) or len(d.hash) != 64:
+    if d.size_bytes > MAX_MESSAGE_BYTES:
         return None
     try:
-        return backend.cas.get(tenant, Digest(d.hash, d.size_bytes))
-    except (NotFound, ReapiError):
+        return backend.cas.get(tenant, digests.check_field(d, "digest"))
+    except ReapiError:  # not in the CAS, or a digest that is no digest
         return None
 
 

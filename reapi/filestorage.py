@@ -6,7 +6,6 @@ its final name only complete and flushed (temp file, fsync, rename), so a crash 
 truncated blob where a reader would find it.
 """
 
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,14 @@ from typing import Any
 from django.core.files.base import File
 from django.core.files.storage import FileSystemStorage
 
+from reapi import atomic_files
+
 
 def atomic_write(path: Path, chunks: Any, tmp_dir: Path, sync: bool = True) -> None:
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            if sync:
-                out.flush()
-                os.fsync(out.fileno())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_files.publish(
+        tmp_dir / f"{uuid.uuid4().hex}.tmp", chunks, lambda tmp: atomic_files.replace(tmp, path), sync
+    )
 
 
 class BlobFileSystemStorage(FileSystemStorage):

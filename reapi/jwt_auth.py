@@ -28,6 +28,7 @@ from portal.models import CiIdentity, Membership
 from reapi.auth import CredentialCache, Principal
 from reapi.errors import Unauthenticated, Unavailable
 from reapi.limits import Caller
+from reapi.once import Once
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +99,16 @@ class Jwks:
             self._fetched_at = now
 
 
-_jwks: Jwks | None = None
-_jwks_lock = threading.Lock()
+def _make_jwks() -> Jwks:
+    return Jwks(
+        settings.OIDC_GRPC_JWKS_URL or _discover_jwks_url(),
+        settings.OIDC_GRPC_TIMEOUT,
+        settings.OIDC_GRPC_JWKS_REFETCH_SECONDS,
+        settings.OIDC_GRPC_JWKS_MAX_AGE_SECONDS,
+    )
 
 
-def jwks() -> Jwks:
-    global _jwks
-    if _jwks is None:
-        with _jwks_lock:
-            if _jwks is None:
-                url = settings.OIDC_GRPC_JWKS_URL or _discover_jwks_url()
-                _jwks = Jwks(
-                    url,
-                    settings.OIDC_GRPC_TIMEOUT,
-                    settings.OIDC_GRPC_JWKS_REFETCH_SECONDS,
-                    settings.OIDC_GRPC_JWKS_MAX_AGE_SECONDS,
-                )
-    return _jwks
+jwks = Once(_make_jwks)
 
 
 def _discover_jwks_url() -> str:

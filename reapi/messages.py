@@ -9,13 +9,16 @@ are walked, so no entry can make GetActionResult's completeness check do unbound
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from reapi import digests
 from reapi.digests import Digest
 from reapi.errors import InvalidArgument
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+
+M = TypeVar("M", bound=Message)
 
 # What Capabilities advertise (reapi/capabilities_service.py) and what is checked here: REAPI
 # SymlinkAbsolutePathStrategy DISALLOWED, an absolute symlink target is INVALID_ARGUMENT.
@@ -185,13 +188,19 @@ def check_tree(tree: re_pb2.Tree, field: str, budget: Budget) -> list[Digest]:
     return files
 
 
-def parse_tree(data: bytes, field: str, digest: Digest) -> re_pb2.Tree:
-    tree = re_pb2.Tree()
+def parse(message_type: type[M], data: bytes, what: str) -> M:
+    """`data` as a `message_type`; INVALID_ARGUMENT naming `what` if it is not one."""
+    message = message_type()
     try:
-        tree.ParseFromString(data)
-    except DecodeError:
-        raise InvalidArgument(f"{field}: blob {digest} is not a Tree message") from None
-    return tree
+        message.ParseFromString(data)
+    except Exception:  # DecodeError, or whatever else the protobuf runtime raises for garbage
+        name = message_type.__name__
+        raise InvalidArgument(f"{what} is not {'an' if name[0] in 'AEIOU' else 'a'} {name} message") from None
+    return message
+
+
+def parse_tree(data: bytes, field: str, digest: Digest) -> re_pb2.Tree:
+    return parse(re_pb2.Tree, data, f"{field}: blob {digest}")
 
 
 def parse_result(data: bytes) -> re_pb2.ActionResult:

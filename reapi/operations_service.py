@@ -4,19 +4,17 @@ Every call sees only the caller's tenant's operations on this cluster: another t
 operation is NOT_FOUND, exactly like one that never existed.
 """
 
-import base64
 import time
 
 import grpc
 from google.protobuf import empty_pb2
 
-from reapi import db_threads
+from reapi import db_threads, operation_watch, operations, page_tokens
 from reapi.call_context import principal
 from reapi.errors import FailedPrecondition, InvalidArgument
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.grpc_edge import unary
-from workers import operations, watch
 from workers.models import Operation
 
 DEFAULT_PAGE = 100
@@ -60,9 +58,9 @@ class OperationsService(ops_grpc.OperationsServicer):
         if done is not None:
             rows = rows.filter(done=done)
         if request.page_token:
-            rows = rows.filter(id__lt=_decode_token(request.page_token))
+            rows = rows.filter(id__lt=page_tokens.decode("op", request.page_token))
         page = list(rows[: size + 1])
-        token = _encode_token(page[size - 1].pk) if len(page) > size else ""
+        token = page_tokens.encode("op", page[size - 1].pk) if len(page) > size else ""
         return operations_pb2.ListOperationsResponse(
             operations=[operations.to_proto(op) for op in page[:size]], next_page_token=token
         )
@@ -71,9 +69,8 @@ class OperationsService(ops_grpc.OperationsServicer):
     def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
-        op = self._find(request.name)
-        if not op.done:
-            operations.request_cancel(op)
+        # Cancelling a finished operation changes nothing (request_cancel's updates want it unfinished).
+        operations.request_cancel(self._find(request.name))
         return empty_pb2.Empty()
 
     @unary
@@ -90,7 +87,7 @@ class OperationsService(ops_grpc.OperationsServicer):
             limit = min(limit, max(remaining - 0.5, 0.0))
         deadline = time.monotonic() + limit
         while not op.done and (left := deadline - time.monotonic()) > 0 and context.is_active():
-            op = watch.wait(op.pk, op.version, min(left, 1.0)) or op
+            op = operation_watch.wait(op.pk, op.version, min(left, 1.0)) or op
         return operations.to_proto(op)
 
     @unary
@@ -102,17 +99,3 @@ class OperationsService(ops_grpc.OperationsServicer):
             raise FailedPrecondition(f"operation {request.name} is still running: cancel it first")
         op.delete()
         return empty_pb2.Empty()
-
-
-def _encode_token(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"op:{last_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> int:
-    try:
-        kind, _, number = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "op" and number.isdigit():
-            return int(number)
-    except ValueError:
-        pass
-    raise InvalidArgument(f"page_token {token[:40]!r} was not issued by this server")

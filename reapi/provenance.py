@@ -293,7 +293,3 @@ def legacy_author(storage: str, tenant: str, action: Digest) -> Author | None:
         return None
     cluster, user_id, token_id = row
     return Author(cluster == "external", user_id or 0, token_id or 0)
-
-
-def written_by(token_id: int) -> list[ActionProvenance]:
-    return list(ActionProvenance.objects.filter(token_id=token_id).order_by("written_at"))

@@ -21,14 +21,14 @@ TEST_ROOT.chmod(0o711)
 os.environ["DATA_DIR"] = str(TEST_ROOT / "data")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 if os.environ.get("TEST_DATABASE_URL"):
-    from tests.databases import fresh_postgres_database
+    from tests.support.databases import fresh_postgres_database
 
     os.environ["DATABASE_URL"] = fresh_postgres_database(os.environ["TEST_DATABASE_URL"])
 else:
     os.environ["DATABASE_URL"] = f"sqlite:///{TEST_ROOT / 'test.sqlite3'}"
 if os.environ.get("TEST_STORAGE") == "s3":
     # Both clusters' storage on one SeaweedFS for the whole run (make test-s3).
-    from tests.seaweed import session_storage_env
+    from tests.support.seaweed import session_storage_env
 
     os.environ.update(session_storage_env(TEST_ROOT))
 
@@ -42,8 +42,8 @@ call_command("migrate", verbosity=0)
 # Pages name their static files by content hash (WhiteNoise's manifest): collected once here.
 call_command("collectstatic", interactive=False, verbosity=0)
 
-from tests.servers import ReapiServer  # noqa: E402
-from tests.tenants import Persona, make_tenant  # noqa: E402
+from tests.support.servers import ReapiServer  # noqa: E402
+from tests.support.tenants import Persona, make_tenant  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from portal import tokens
-from tests.bazel import bazel_in, genrule_sizes, write_workspace
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, genrule_sizes, write_workspace
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 
 pytestmark = pytest.mark.bazel
 

@@ -5,7 +5,7 @@ import uuid
 
 from portal import pats
 from portal.models import AccessToken, AuditEvent, Membership, Tenant
-from tests.servers import manage
+from tests.support.servers import manage
 
 
 def slug() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, manage
+from tests.support.servers import ROOT, manage
 
 DEPLOY = ROOT / "deploy"
 INSTANCES = {

@@ -16,7 +16,7 @@ from reapi import db_threads
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.rpc import status_pb2
-from tests.execution_fixtures import (
+from tests.support.execution_fixtures import (
     COMPLETED,
     EXEC_ENV,
     EXECUTING,
@@ -40,9 +40,9 @@ from tests.execution_fixtures import (
     stage,
     wait_for,
 )
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, free_port, manage
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, free_port, manage
+from tests.support.tenants import Persona
 from workers.models import Operation
 
 CANCELLED, DEADLINE_EXCEEDED, INTERNAL = 1, 4, 13

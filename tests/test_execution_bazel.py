@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.bazel import Bazel, bazel_in
-from tests.execution_fixtures import EXEC_ENV, WorkerProcess
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.bazel import Bazel, bazel_in
+from tests.support.execution_fixtures import EXEC_ENV, WorkerProcess
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 from workers.models import Operation
 
 pytestmark = pytest.mark.bazel

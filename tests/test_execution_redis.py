@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 from django.test import override_settings
 
-from tests.execution_fixtures import (
+from tests.support.execution_fixtures import (
     COMPLETED,
     EXEC_ENV,
     ActionSpec,
@@ -24,9 +24,9 @@ from tests.execution_fixtures import (
     stage,
     wait_for,
 )
-from tests.reapi_client import Client
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 from workers.models import EXECUTING, Operation
 
 

@@ -14,8 +14,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 from django.test import override_settings
 
-from tests.bazel import Bazel, bazel_in
-from tests.execution_fixtures import (
+from tests.support.bazel import Bazel, bazel_in
+from tests.support.execution_fixtures import (
     EXEC_ENV,
     ActionSpec,
     Link,
@@ -25,9 +25,9 @@ from tests.execution_fixtures import (
     response,
     run,
 )
-from tests.reapi_client import Client
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 
 SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
 SANDBOX_ENV = {

@@ -13,12 +13,12 @@ import requests
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import Invocation
 from reapi.request_metadata import KEY
-from tests.execution_fixtures import ActionSpec
-from tests.oidc import PortalServer
-from tests.polling import wait_for
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.execution_fixtures import ActionSpec
+from tests.support.oidc import PortalServer
+from tests.support.polling import wait_for
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 from tests.test_portal_api import API_SCOPES, logged_in, pat_session
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from portal import tenancy
 from reapi.models import Invocation
-from tests.bazel import Bazel, bazel_in
-from tests.execution_fixtures import EXEC_ENV, WorkerProcess
-from tests.polling import wait_for
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.bazel import Bazel, bazel_in
+from tests.support.execution_fixtures import EXEC_ENV, WorkerProcess
+from tests.support.polling import wait_for
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 
 pytestmark = pytest.mark.bazel
 

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from reapi import invocations
 from reapi.models import Invocation, InvocationMiss
-from tests.tenants import Persona
+from tests.support.tenants import Persona
 
 
 def build(acme: Persona, name: str, days_ago: int) -> Invocation:

@@ -12,10 +12,10 @@ import yaml
 from portal import tokens
 from portal.models import DEFAULT_SCOPES, SCOPES, AccessToken, Invitation, Membership, Tenant
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.oidc import PortalServer
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.oidc import PortalServer
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 
 # What an automation token for this API carries: the REAPI scopes and, named, portal:admin.
 API_SCOPES = ",".join([*SCOPES, "portal:admin"])
@@ -281,7 +281,7 @@ def test_a_token_made_without_scopes_gets_the_default_set_and_both_snippets(
 def test_an_admin_sets_what_ci_accepts_and_running_servers_follow(
     portal: PortalServer, acme: Persona, external_server: ReapiServer, internal_server: ReapiServer
 ) -> None:
-    from tests.storage_helpers import action_with_outputs, within
+    from tests.support.storage_helpers import action_with_outputs, within
 
     api = pat_session(acme.pat(scopes=API_SCOPES))
     base = f"{portal.url}/api/v1/tenants/{acme.slug}"

@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from portal.models import AuditEvent, Tenant
-from tests.oidc import PortalServer
-from tests.tenants import Persona
+from tests.support.oidc import PortalServer
+from tests.support.tenants import Persona
 from tests.test_portal_api import API_SCOPES, logged_in, pat_session
 
 

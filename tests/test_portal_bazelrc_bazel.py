@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bazel import bazel_in, write_workspace
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, write_workspace
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 
 pytestmark = pytest.mark.bazel
 

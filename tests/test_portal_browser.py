@@ -32,12 +32,12 @@ from portal.csp import POLICY
 from portal.models import SCOPES, AccessToken, AuditEvent, Invitation, Membership, Tenant, UsageDay
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import Invocation
-from tests.execution_fixtures import ActionSpec, WorkerProcess, execution
-from tests.oidc import OidcProvider, PortalServer
-from tests.polling import wait_for
-from tests.reapi_client import Client
-from tests.servers import ReapiServer
-from tests.usage_traffic import EXPECTED, traffic, usage_of
+from tests.support.execution_fixtures import ActionSpec, WorkerProcess, execution
+from tests.support.oidc import OidcProvider, PortalServer
+from tests.support.polling import wait_for
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer
+from tests.support.usage_traffic import EXPECTED, traffic, usage_of
 
 REQUEST_METADATA = "build.bazel.remote.execution.v2.requestmetadata-bin"
 

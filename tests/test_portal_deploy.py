@@ -2,9 +2,9 @@
 
 import secrets
 
-from tests.oidc import CLIENT_ID
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.oidc import CLIENT_ID
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 PRODUCTION = {
     "DJANGO_PRODUCTION": "1",

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from portal import ci_identities
 from portal.models import CiIdentity
-from tests.oidc import CI_CLAIMS, CI_CLIENT_ID, GRPC_AUDIENCE, OidcProvider
-from tests.reapi_client import Client
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.oidc import CI_CLAIMS, CI_CLIENT_ID, GRPC_AUDIENCE, OidcProvider
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 
 REFETCH_SECONDS = 2
 

@@ -9,8 +9,8 @@ from django.contrib.staticfiles import finders
 from django.test import Client
 
 from portal.csp import POLICY
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 PAGES = ("", "tokens/", "bazelrc/", "members/", "usage/", "invocations/", "cache-mode/", "ci/", "audit/")
 

@@ -11,9 +11,9 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from portal.models import AuditEvent
-from tests.oidc import PortalServer
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.oidc import PortalServer
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 PASSWORD = "the-right-password-42"
 

@@ -16,9 +16,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
 from portal.models import AuditEvent, Invitation, Membership, OidcIdentity
-from tests.oidc import CLIENT_ID, OidcProvider
-from tests.servers import free_port
-from tests.tenants import Persona
+from tests.support.oidc import CLIENT_ID, OidcProvider
+from tests.support.servers import free_port
+from tests.support.tenants import Persona
 
 USERS = [
     {

@@ -11,7 +11,7 @@ from django.test import Client
 
 from portal import tokens
 from portal.models import AccessToken, AuditEvent, Invitation, Membership, Tenant
-from tests.tenants import Persona
+from tests.support.tenants import Persona
 
 
 def client_for(username: str, csrf: bool = False) -> Client:

@@ -9,9 +9,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 
 from portal.models import AccessToken, UsageDay
-from tests.servers import ReapiServer
-from tests.tenants import Persona
-from tests.usage_traffic import EXPECTED, traffic, usage_of
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
+from tests.support.usage_traffic import EXPECTED, traffic, usage_of
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from django.test import Client, RequestFactory
 
 from portal import forms, invitations, tenancy, tokens
 from portal.models import DEFAULT_SCOPES, AccessToken, AuditEvent, Invitation, LocalAccount, Membership
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 PAT = re.compile(r"aw_pat_[0-9A-Za-z]{36}")
 

@@ -8,10 +8,10 @@ import grpc
 import pytest
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, manage
-from tests.storage_probe import blob_root, delete_blob, put_blob, stored_files
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, manage
+from tests.support.storage_probe import blob_root, delete_blob, put_blob, stored_files
+from tests.support.tenants import Persona
 
 
 @pytest.fixture

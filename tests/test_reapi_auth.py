@@ -13,10 +13,10 @@ from portal.models import AccessToken, AuditEvent
 from reapi import auth
 from reapi.errors import Unauthenticated
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.polling import wait_for
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.polling import wait_for
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 
 
 def rpc_error(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]

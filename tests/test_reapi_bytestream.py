@@ -10,10 +10,10 @@ import pytest
 import zstandard
 
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
-from tests.storage_probe import stored_files
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
+from tests.support.storage_probe import stored_files
+from tests.support.tenants import Persona
 
 MIB = 1024 * 1024
 

@@ -7,10 +7,10 @@ import pytest
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
-from tests.storage_probe import stored_files
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
+from tests.support.storage_probe import stored_files
+from tests.support.tenants import Persona
 
 EMPTY = digest(b"")
 NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]

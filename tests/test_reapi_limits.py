@@ -25,13 +25,21 @@ from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.rpc import error_details_pb2, status_pb2
 from reapi.limits import IDLE_SECONDS, PRUNE_ABOVE, RATE_LIMITED, Caller, Limiter, Tally
-from tests.bazel import bazel_in, genrule_sizes, write_workspace
-from tests.execution_fixtures import EXEC_ENV, QUEUED, ActionSpec, execute_stream, ops, response, stage
-from tests.oidc import OidcProvider
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, manage
-from tests.storage_helpers import within
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, genrule_sizes, write_workspace
+from tests.support.execution_fixtures import (
+    EXEC_ENV,
+    QUEUED,
+    ActionSpec,
+    execute_stream,
+    ops,
+    response,
+    stage,
+)
+from tests.support.oidc import OidcProvider
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, manage
+from tests.support.storage_helpers import within
+from tests.support.tenants import Persona
 from tests.test_portal_grpc_oidc import JwtClient
 
 CANCELLED = 1

@@ -23,11 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from reapi.request_metadata import KEY as REQUEST_METADATA_KEY
-from tests.bazel import bazel_in, genrule_sizes, write_workspace
-from tests.polling import wait_for
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, free_port
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, genrule_sizes, write_workspace
+from tests.support.polling import wait_for
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, free_port
+from tests.support.tenants import Persona
 
 AC = "build.bazel.remote.execution.v2.ActionCache"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

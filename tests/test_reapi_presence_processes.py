@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,11 @@ from reapi.gen.build.bazel.remote.asset.v1 import remote_asset_pb2_grpc as ra_gr
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.rpc import status_pb2
 from reapi.models import Asset
-from tests.asset_origin import Origin
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, free_port
-from tests.storage_probe import stored_files
-from tests.tenants import Persona
+from tests.support.asset_origin import Origin
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, free_port
+from tests.support.storage_probe import stored_files
+from tests.support.tenants import Persona
 
 MAX_BYTES = 1024 * 1024
 

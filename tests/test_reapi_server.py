@@ -6,9 +6,9 @@ import time
 import grpc
 
 from portal import tokens
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 
 
 def children_of(pid: int) -> list[int]:

@@ -24,11 +24,11 @@ from reapi.errors import Internal
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.models import Blob
-from tests.reapi_client import Client, digest
-from tests.seaweed import SeaweedS3
-from tests.servers import ReapiServer
-from tests.storage_helpers import action_with_outputs
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.seaweed import SeaweedS3
+from tests.support.servers import ReapiServer
+from tests.support.storage_helpers import action_with_outputs
+from tests.support.tenants import Persona
 
 KIB = 1024
 REQUEST_ID = re.compile(r"\(request ([0-9a-f]{12})\)")

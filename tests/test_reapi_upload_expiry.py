@@ -21,11 +21,11 @@ from reapi.digests import Digest
 from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
 from reapi.models import TenantQuota
 from reapi.s3store import S3BlobStore
-from tests.reapi_client import Client, digest
-from tests.seaweed import SeaweedS3
-from tests.servers import ROOT, ReapiServer, stop_process
-from tests.storage_helpers import s3_store, within
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.seaweed import SeaweedS3
+from tests.support.servers import ROOT, ReapiServer, stop_process
+from tests.support.storage_helpers import s3_store, within
+from tests.support.tenants import Persona
 
 KIB = 1024
 HOUR = 3600.0

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from reapi.models import Asset
-from tests.asset_origin import Origin
-from tests.bazel import Bazel, bazel_in
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.asset_origin import Origin
+from tests.support.bazel import Bazel, bazel_in
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 
 pytestmark = pytest.mark.bazel
 

@@ -12,7 +12,7 @@ import pytest
 
 from reapi import egress, http_fetch
 from reapi.errors import InvalidArgument, PermissionDenied
-from tests.asset_origin import Origin
+from tests.support.asset_origin import Origin
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from django.test import Client
 from django.utils import timezone
 
 from reapi.models import Asset
-from tests.servers import manage
-from tests.tenants import Persona
+from tests.support.servers import manage
+from tests.support.tenants import Persona
 
 
 def client_for(username: str) -> Client:

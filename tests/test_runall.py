@@ -13,10 +13,10 @@ import uuid
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.execution_fixtures import ActionSpec, run
-from tests.polling import wait_for
-from tests.reapi_client import Client, digest
-from tests.servers import ROOT, free_port, manage
+from tests.support.execution_fixtures import ActionSpec, run
+from tests.support.polling import wait_for
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ROOT, free_port, manage
 
 
 def start_runall() -> tuple[subprocess.Popen[str], dict[str, str], tuple[int, int, int], list[str]]:

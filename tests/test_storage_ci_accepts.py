@@ -19,11 +19,11 @@ from reapi.auth import Principal
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.limits import Caller
 from reapi.models import ActionProvenance, ActionVote, ResultConflict
-from tests.bazel import Bazel, bazel_in, write_workspace
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer, manage
-from tests.storage_helpers import action_with_outputs, within
-from tests.tenants import Persona
+from tests.support.bazel import Bazel, bazel_in, write_workspace
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer, manage
+from tests.support.storage_helpers import action_with_outputs, within
+from tests.support.tenants import Persona
 
 SWITCH_DEADLINE = 5.0
 
@@ -295,7 +295,7 @@ def test_older_entries_are_judged_by_their_provenance_once_then_carry_their_orig
 def test_execute_on_ci_answers_from_the_cache_only_with_what_ci_accepts(
     pt: Acme, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers import scheduler
+    from reapi import scheduler
 
     queued: list[str] = []
     monkeypatch.setattr(scheduler, "enqueue", lambda op: queued.append(op.name))

@@ -17,10 +17,10 @@ from reapi import clusters, eviction, quotas
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import TenantQuota
 from reapi.presence import EVICTION_GRACE_SECONDS
-from tests.reapi_client import Client, digest
-from tests.servers import ROOT, ReapiServer
-from tests.storage_helpers import action_with_outputs, within
-from tests.tenants import Persona
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ROOT, ReapiServer
+from tests.support.storage_helpers import action_with_outputs, within
+from tests.support.tenants import Persona
 
 HOUR = 3600.0
 

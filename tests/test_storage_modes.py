@@ -11,11 +11,11 @@ import grpc
 import pytest
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.bazel import bazel_in, genrule_sizes, write_workspace
-from tests.reapi_client import Client
-from tests.servers import ReapiServer, manage
-from tests.storage_helpers import action_with_outputs, within
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, genrule_sizes, write_workspace
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer, manage
+from tests.support.storage_helpers import action_with_outputs, within
+from tests.support.tenants import Persona
 
 SWITCH_DEADLINE = 5.0
 

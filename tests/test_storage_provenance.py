@@ -18,11 +18,11 @@ from portal.models import AccessToken, AuditEvent
 from reapi import provenance
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import ActionProvenance
-from tests.bazel import bazel_in, write_workspace
-from tests.reapi_client import Client
-from tests.servers import ReapiServer, manage
-from tests.storage_helpers import action_with_outputs
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, write_workspace
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer, manage
+from tests.support.storage_helpers import action_with_outputs
+from tests.support.tenants import Persona
 
 METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"
 

@@ -18,12 +18,12 @@ from reapi import eviction, quotas
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.models import Blob, TenantQuota
 from reapi.s3store import S3BlobStore
-from tests.bazel import bazel_in, genrule_sizes, write_workspace
-from tests.reapi_client import Client, digest
-from tests.seaweed import SeaweedS3
-from tests.servers import ReapiServer
-from tests.storage_helpers import action_with_outputs, s3_store
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, genrule_sizes, write_workspace
+from tests.support.reapi_client import Client, digest
+from tests.support.seaweed import SeaweedS3
+from tests.support.servers import ReapiServer
+from tests.support.storage_helpers import action_with_outputs, s3_store
+from tests.support.tenants import Persona
 
 MIB = 1024 * 1024
 

@@ -19,10 +19,10 @@ from cryptography.x509.oid import NameOID
 
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from tests.bazel import bazel_in, write_workspace
-from tests.reapi_client import Client
-from tests.servers import ReapiServer, manage
-from tests.tenants import Persona
+from tests.support.bazel import bazel_in, write_workspace
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer, manage
+from tests.support.tenants import Persona
 
 
 @dataclass

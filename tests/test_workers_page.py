@@ -10,12 +10,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 
+from portal import action_detail
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.execution_fixtures import EXEC_ENV, ActionSpec, WorkerProcess, execution, response
-from tests.reapi_client import Client
-from tests.servers import ReapiServer
-from tests.tenants import Persona
-from workers import action_detail
+from tests.support.execution_fixtures import EXEC_ENV, ActionSpec, WorkerProcess, execution, response
+from tests.support.reapi_client import Client
+from tests.support.servers import ReapiServer
+from tests.support.tenants import Persona
 from workers.models import Operation
 
 METADATA_KEY = "build.bazel.remote.execution.v2.requestmetadata-bin"

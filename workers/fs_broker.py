@@ -13,6 +13,7 @@ copy one message before either deletes it.)
 
 import os
 import uuid
+from pathlib import Path
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -20,24 +21,21 @@ from typing import Any
 from kombu.transport import filesystem
 from kombu.utils.json import dumps, loads
 
+from reapi import atomic_files
+
 
 class Channel(filesystem.Channel):
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         folder = self.data_folder_out
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         # Consumers match `<stamp>_<uuid>.<queue>.msg`; a leading dot never matches.
-        tmp = os.path.join(folder, f".{uuid.uuid4().hex}.partial")
+        tmp = Path(folder, f".{uuid.uuid4().hex}.partial")
         try:
-            with open(tmp, "wb") as f:
-                f.write(dumps(payload).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, os.path.join(folder, name))
+            atomic_files.publish(
+                tmp, [dumps(payload).encode()], lambda t: os.rename(t, os.path.join(folder, name))
+            )
         except OSError as exc:
             raise filesystem.ChannelError(f"cannot add message to {folder}: {exc}") from exc
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         wanted = f"{queue}.msg"

@@ -13,7 +13,7 @@ from reapi import digests
 from reapi.cas import Cas
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, InvalidArgument, NotFound
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.protos import re_pb2
 from workers.paths import check_name
 
 

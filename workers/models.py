@@ -9,31 +9,13 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from reapi import error_status
+
 # REAPI ExecutionStage values (remote_execution.proto).
 QUEUED = 2
 EXECUTING = 3
 COMPLETED = 4
 STAGE_NAMES = {QUEUED: "queued", EXECUTING: "executing", COMPLETED: "completed"}
-# google.rpc.Code names, for people reading ExecuteResponse.status codes.
-STATUS_NAMES = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
 
 
 class Operation(models.Model):
@@ -93,7 +75,8 @@ class Operation(models.Model):
 
     @property
     def status_name(self) -> str:
-        return STATUS_NAMES.get(self.status_code, str(self.status_code))
+        # google.rpc.Code names, for people reading ExecuteResponse.status codes.
+        return error_status.name(self.status_code)
 
 
 class Worker(models.Model):

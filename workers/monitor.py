@@ -25,8 +25,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from reapi import operations
 from reapi.errors import Internal
-from workers import cgroups, operations, pools, process, sandbox
+from workers import cgroups, pools, process, sandbox
 from workers.models import Operation, Worker
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Monitor:
         )
 
     def recover(self) -> None:
-        from workers.scheduler import enqueue
+        from reapi.scheduler import enqueue
 
         for op in operations.lapsed():
             if op.attempt >= settings.REAPI_MAX_DELIVERIES:

@@ -9,12 +9,13 @@ import hashlib
 import os
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from reapi import digests
+from reapi import atomic_files, digests
 from reapi.cas import Cas
 from reapi.digests import Digest
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.protos import re_pb2
 from workers.paths import check_relative, make_dirs, resolve
 
 SMALL_BLOB = 1024 * 1024
@@ -50,23 +51,24 @@ class Uploader:
         return self._add_large(Path(path))
 
     def _add_large(self, path: Path) -> Digest:
-        spool = self.cas.store.spool_dir() / f"{uuid.uuid4().hex}.out"
         hasher = hashlib.sha256()
         size = 0
-        try:
-            with open(path, "rb") as src, open(spool, "wb") as out:
+
+        def blocks() -> Iterator[bytes]:
+            nonlocal size
+            with open(path, "rb") as src:
                 while block := src.read(COPY_CHUNK):
                     hasher.update(block)
-                    out.write(block)
                     size += len(block)
-                out.flush()
-                os.fsync(out.fileno())
+                    yield block
+
+        def commit(spooled: Path) -> Digest:
             d = Digest(hasher.hexdigest(), size)
             if not self.cas.contains(self.tenant, d):
-                self.cas.commit_file(self.tenant, d, spool)
+                self.cas.commit_file(self.tenant, d, spooled)
             return d
-        finally:
-            spool.unlink(missing_ok=True)
+
+        return atomic_files.publish(self.cas.store.spool_dir() / f"{uuid.uuid4().hex}.out", blocks(), commit)
 
     def flush(self) -> None:
         if not self.pending:

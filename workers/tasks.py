@@ -7,8 +7,9 @@ import logging
 
 from celery import Task
 
+from reapi import operations
 from reapi.errors import Unavailable
-from workers import eviction, execution, monitor, operations, sandbox  # noqa: F401  (eviction registers reapi.evict)
+from workers import eviction, execution, monitor, sandbox  # noqa: F401  (eviction registers reapi.evict)
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 // The tests' OpenID provider: panva's oidc-provider (OpenID Certified), configured from the JSON
-// file tests/oidc.py writes, behind the few things a provider leaves to its host:
+// file tests/support/oidc.py writes, behind the few things a provider leaves to its host:
 //
 //     node tests/oidc-provider/provider.mjs CONFIG.json
 //

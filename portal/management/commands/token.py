@@ -3,13 +3,15 @@
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
 from portal import tenancy, tokens
+from portal.management.subcommands import SubcommandCommand
 from portal.models import ADMIN_SCOPE, DEFAULT_SCOPES, TOKEN_SCOPES, AccessToken
 
 
-class Command(BaseCommand):
+class Command(SubcommandCommand):
+    refusals = (tokens.TokenError, tenancy.TenancyError)
     help = "Issue, revoke and list personal access tokens."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,12 +36,6 @@ class Command(BaseCommand):
         )
         listing = sub.add_parser("list", help="list tokens (never the secrets)")
         listing.add_argument("--tenant")
-
-    def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            getattr(self, "do_" + options["action"])(options)
-        except (tokens.TokenError, tenancy.TenancyError) as exc:
-            raise CommandError(str(exc)) from None
 
     def do_issue(self, options: dict[str, Any]) -> None:
         tenant = tenancy.get_tenant(options["tenant"])

@@ -3,14 +3,16 @@
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from portal import tenancy
+from portal.management.subcommands import SubcommandCommand
 from reapi import eviction, quotas
 from reapi.models import TenantQuota
 
 
-class Command(BaseCommand):
+class Command(SubcommandCommand):
+    refusals = (quotas.QuotaError, tenancy.TenancyError)
     help = "Set, remove and list tenant quotas; run an eviction pass now."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -30,12 +32,6 @@ class Command(BaseCommand):
             "evict",
             help="expire abandoned uploads and run one eviction pass now (the periodic job does this)",
         )
-
-    def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            getattr(self, "do_" + options["action"])(options)
-        except (quotas.QuotaError, tenancy.TenancyError) as exc:
-            raise CommandError(str(exc)) from None
 
     def do_set(self, options: dict[str, Any]) -> None:
         tenant = tenancy.get_tenant(options["slug"])

@@ -19,7 +19,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.servers import ROOT, free_port, stop_process
+from tests.support.servers import ROOT, free_port, stop_process
 
 CLIENT_ID = "portal"
 CLIENT_SECRET = "portal-secret-" + uuid.uuid4().hex

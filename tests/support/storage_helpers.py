@@ -11,9 +11,9 @@ from storages.backends.s3 import S3Storage
 from portal.storage_urls import storage_from_url
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.s3store import S3BlobStore
-from tests.reapi_client import Client, digest
+from tests.support.reapi_client import Client, digest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 

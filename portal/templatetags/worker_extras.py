@@ -1,10 +1,10 @@
-"""Template filters for the Workers pages (workers/action_detail.py holds the logic)."""
+"""Template filters for the Workers pages (portal/action_detail.py holds the logic)."""
 
 from datetime import timedelta
 
 from django import template
 
-from workers import action_detail
+from portal import action_detail
 from workers.models import Operation
 
 register = template.Library()

@@ -7,31 +7,22 @@ import logging
 
 from django.conf import settings
 
-from reapi import clusters, digests, provenance
+from reapi import clusters, digests, messages, operations, provenance
 from reapi.auth import Principal
 from reapi.cas import Cas
 from reapi.digests import Digest
 from reapi.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from workers import operations, pools
+from workers import pools
 from workers.models import Operation
 
 log = logging.getLogger(__name__)
 
 
-def parse(message_type: type, data: bytes, what: str):  # type: ignore[no-untyped-def]
-    message = message_type()
-    try:
-        message.ParseFromString(data)
-    except Exception:
-        raise InvalidArgument(f"{what} is not a valid {message_type.__name__} message") from None
-    return message
-
-
 def load_action(cas: Cas, tenant: str, action: Digest) -> tuple[re_pb2.Action, re_pb2.Command, Digest]:
     """The Action and its Command; FAILED_PRECONDITION listing every missing one (REAPI)."""
     try:
-        action_msg: re_pb2.Action = parse(re_pb2.Action, cas.get(tenant, action), f"action {action}")
+        action_msg = messages.parse(re_pb2.Action, cas.get(tenant, action), f"action {action}")
     except NotFound:
         raise FailedPrecondition(
             f"the action {action} is not in the CAS: upload it first", missing=((action.hash, action.size),)
@@ -46,7 +37,7 @@ def load_action(cas: Cas, tenant: str, action: Digest) -> tuple[re_pb2.Action, r
     missing = []
     command = None
     try:
-        command = parse(re_pb2.Command, cas.get(tenant, command_digest), f"command {command_digest}")
+        command = messages.parse(re_pb2.Command, cas.get(tenant, command_digest), f"command {command_digest}")
     except NotFound:
         missing.append(("command", command_digest))
     if not cas.contains(tenant, input_root):

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from reapi import clusters, digests
 from reapi.errors import ReapiError
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.protos import re_pb2
 from workers.models import Operation
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def stop_process(proc: "subprocess.Popen[bytes] | None", timeout: float = 15) -> None:

@@ -8,9 +8,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from portal import action_detail, fleet
 from portal.access import TenantAccess, tenants_of
 from portal.views import tenant_view
-from workers import action_detail, fleet
 from workers.models import Operation
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.servers import free_port, stop_process
+from tests.support.servers import free_port, stop_process
 
 # weed mini's listeners; each gets a free port. Lance's listener is switched off (port 0).
 PORT_FLAGS = (
@@ -177,7 +177,7 @@ def session_server() -> SeaweedS3 | None:
     return _session
 
 
-if __name__ == "__main__":  # a quick manual check: python -m tests.seaweed
+if __name__ == "__main__":  # a quick manual check: python -m tests.support.seaweed
     import tempfile
 
     with SeaweedS3(Path(tempfile.mkdtemp())) as s3:

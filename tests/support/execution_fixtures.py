@@ -23,9 +23,9 @@ from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc 
 from reapi.gen.google.longrunning import operations_pb2
 from reapi.gen.google.longrunning import operations_pb2_grpc as ops_grpc
 from reapi.gen.google.rpc import status_pb2
-from tests.polling import wait_for  # noqa: F401  (the execution tests import it from here)
-from tests.reapi_client import Client, digest
-from tests.servers import ROOT, stop_process
+from tests.support.polling import wait_for  # noqa: F401  (the execution tests import it from here)
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ROOT, stop_process
 
 QUEUED, EXECUTING, COMPLETED = 2, 3, 4
 

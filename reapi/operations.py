@@ -15,24 +15,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from reapi import error_status, operation_watch
 from reapi.digests import Digest
-from reapi.errors import FailedPrecondition, NotFound, ReapiError, Unavailable
+from reapi.errors import NotFound, ReapiError, Unavailable
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.longrunning import operations_pb2
-from reapi.gen.google.rpc import status_pb2
-from workers import watch
 from workers.models import COMPLETED, EXECUTING, QUEUED, Operation
 
 NAME_RE = re.compile(r"(?:.*/)?operations/([0-9a-f]{32})|([0-9a-f]{32})")
-
-# google.rpc.Code values used in ExecuteResponse.status.
-CANCELLED_CODE = 1
-DEADLINE_EXCEEDED_CODE = 4
-INTERNAL_CODE = 13
-
-
-def error_status(code: int, message: str) -> status_pb2.Status:
-    return status_pb2.Status(code=code, message=message)
 
 
 def public_name(op: Operation, instance: str = "") -> str:
@@ -77,14 +67,12 @@ def create_or_join(
                 return existing, False
         try:
             with transaction.atomic():
-                op = Operation.objects.create(
-                    name=uuid.uuid4().hex,
-                    tenant_id=tenant_id,
-                    cluster=cluster,
-                    storage_alias=storage_alias,
-                    pool=pool,
-                    action_hash=action.hash,
-                    action_size=action.size,
+                op = _create(
+                    tenant_id,
+                    cluster,
+                    storage_alias,
+                    pool,
+                    action,
                     inflight_key=key,
                     requested_by=requested_by or {},
                 )
@@ -97,8 +85,27 @@ def create_or_join(
 def record_cached(
     tenant_id: int, cluster: str, storage_alias: str, pool: str, action: Digest, result: re_pb2.ActionResult
 ) -> Operation:
-    response = re_pb2.ExecuteResponse(result=result, cached_result=True, status=error_status(0, ""))
+    response = re_pb2.ExecuteResponse(result=result, cached_result=True, status=error_status.status("OK", ""))
     now = timezone.now()
+    return _create(
+        tenant_id,
+        cluster,
+        storage_alias,
+        pool,
+        action,
+        stage=COMPLETED,
+        done=True,
+        cached=True,
+        exit_code=result.exit_code,
+        response=response.SerializeToString(),
+        started_at=now,
+        completed_at=now,
+    )
+
+
+def _create(
+    tenant_id: int, cluster: str, storage_alias: str, pool: str, action: Digest, **fields: Any
+) -> Operation:
     return Operation.objects.create(
         name=uuid.uuid4().hex,
         tenant_id=tenant_id,
@@ -107,13 +114,7 @@ def record_cached(
         pool=pool,
         action_hash=action.hash,
         action_size=action.size,
-        stage=COMPLETED,
-        done=True,
-        cached=True,
-        exit_code=result.exit_code,
-        response=response.SerializeToString(),
-        started_at=now,
-        completed_at=now,
+        **fields,
     )
 
 
@@ -135,7 +136,7 @@ def claim(op_id: int, worker: str) -> Operation | None:
     )
     if not claimed:
         return None
-    watch.notify(op_id)
+    operation_watch.notify(op_id)
     return Operation.objects.select_related("tenant").get(pk=op_id)
 
 
@@ -168,29 +169,12 @@ def complete(
         version=F("version") + 1,
     )
     if done:
-        watch.notify(op_id)
+        operation_watch.notify(op_id)
     return bool(done)
 
 
-def status_for(err: ReapiError) -> status_pb2.Status:
-    """The ExecuteResponse.status for an error; missing blobs ride along as REAPI asks:
-    a PreconditionFailure with one MISSING violation per blob, subject `blobs/{hash}/{size}`."""
-    from reapi.grpc_edge import rpc_status
-
-    status = rpc_status(err)
-    if isinstance(err, FailedPrecondition) and err.missing:
-        failure = status_pb2.PreconditionFailure(
-            violations=[
-                status_pb2.PreconditionFailure.Violation(type="MISSING", subject=f"blobs/{h}/{n}")
-                for h, n in err.missing
-            ]
-        )
-        status.details.add().Pack(failure)
-    return status
-
-
 def fail(op_id: int, err: ReapiError, attempt: int | None = None) -> bool:
-    return complete(op_id, re_pb2.ExecuteResponse(status=status_for(err)), attempt)
+    return complete(op_id, re_pb2.ExecuteResponse(status=error_status.of(err)), attempt)
 
 
 def request_cancel(op: Operation) -> None:
@@ -201,7 +185,7 @@ def request_cancel(op: Operation) -> None:
 
 def cancelled_response() -> re_pb2.ExecuteResponse:
     return re_pb2.ExecuteResponse(
-        status=error_status(CANCELLED_CODE, "the operation was cancelled (CancelOperation)")
+        status=error_status.status("CANCELLED", "the operation was cancelled (CancelOperation)")
     )
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from portal.models import Tenant, UsageDay
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from tests.reapi_client import Client, digest
-from tests.servers import ReapiServer
+from tests.support.reapi_client import Client, digest
+from tests.support.servers import ReapiServer
 
 
 def traffic(server: ReapiServer, pat: str) -> None:

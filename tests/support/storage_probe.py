@@ -29,7 +29,7 @@ def stored_files(cluster: str = "external") -> set[str]:
         for name in files:
             found.add(os.path.relpath(os.path.join(dirpath, name), root))
     if prefix is not None:
-        from tests.seaweed import session_server
+        from tests.support.seaweed import session_server
 
         s3 = session_server()
         assert s3 is not None
@@ -43,7 +43,7 @@ def delete_blob(key: str, cluster: str = "external") -> None:
     if prefix is None:
         (blob_root(cluster) / key).unlink()
         return
-    from tests.seaweed import session_server
+    from tests.support.seaweed import session_server
 
     s3 = session_server()
     assert s3 is not None
@@ -58,7 +58,7 @@ def put_blob(key: str, data: bytes, cluster: str = "external") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return
-    from tests.seaweed import session_server
+    from tests.support.seaweed import session_server
 
     s3 = session_server()
     assert s3 is not None
