@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from reapi import faults
+from reapi import error_status, faults
 from reapi.errors import FailedPrecondition, RateLimited, ReapiError
 from reapi.gen.google.rpc import error_details_pb2, status_pb2
 
@@ -31,50 +31,30 @@ def status_code(err: ReapiError) -> grpc.StatusCode:
 
 
 def rpc_status(err: ReapiError | None) -> status_pb2.Status:
+    """One item's status in a batch reply (no details: the reply's other items say the rest)."""
     if err is None:
-        return status_pb2.Status(code=0)
-    return status_pb2.Status(code=status_code(err).value[0], message=err.message)
+        return status_pb2.Status(code=error_status.OK)
+    return error_status.status(err.code, err.message)
 
 
 def abort(context: grpc.ServicerContext, err: ReapiError) -> NoReturn:
+    """End the call with `err`'s status. Details go in the standard grpc-status-details-bin
+    trailer, a google.rpc.Status repeating the code and message: the missing blobs of a
+    FailedPrecondition (REAPI Execute: a PreconditionFailure, one MISSING violation per blob),
+    and for a RateLimited a google.rpc.RetryInfo, how long to wait before retrying."""
     if isinstance(err, FailedPrecondition) and err.missing:
-        _attach_missing(context, err)
+        _attach(context, error_status.of(err))
     if isinstance(err, RateLimited):
-        _attach_retry_info(context, err)
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(max(1, int(err.retry_after * 1e9)))
+        status = error_status.status(err.code, err.message)
+        status.details.add().Pack(info)
+        _attach(context, status)
     context.abort(status_code(err), err.message)
     raise AssertionError("unreachable")  # context.abort raises
 
 
-def _attach_missing(context: grpc.ServicerContext, err: FailedPrecondition) -> None:
-    # REAPI Execute: missing inputs SHOULD come with a PreconditionFailure detail, one
-    # MISSING violation per blob, subject "blobs/{hash}/{size}". Sent in the standard
-    # grpc-status-details-bin trailer.
-    from google.protobuf import any_pb2
-
-    failure = status_pb2.PreconditionFailure(
-        violations=[
-            status_pb2.PreconditionFailure.Violation(type="MISSING", subject=f"blobs/{h}/{s}")
-            for h, s in err.missing
-        ]
-    )
-    detail = any_pb2.Any()
-    detail.Pack(failure)
-    status = status_pb2.Status(
-        code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=err.message, details=[detail]
-    )
-    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
-
-
-def _attach_retry_info(context: grpc.ServicerContext, err: RateLimited) -> None:
-    # google.rpc.RetryInfo: how long to wait before retrying, in the same trailer as the
-    # PreconditionFailure above; the Status it travels in repeats the call's code and message.
-    from google.protobuf import any_pb2
-
-    info = error_details_pb2.RetryInfo()
-    info.retry_delay.FromNanoseconds(max(1, int(err.retry_after * 1e9)))
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=status_code(err).value[0], message=err.message, details=[detail])
+def _attach(context: grpc.ServicerContext, status: status_pb2.Status) -> None:
     context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
 
 
