@@ -9,15 +9,17 @@ how late a revocation, an expiry, a cache-mode or a rate-limit change reaches a 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from portal import audit, pats
-from portal.models import SCOPES, AccessToken
+from portal.models import SCOPES, AccessToken, Tenant
 from reapi import ac_entries
 from reapi.errors import PermissionDenied, Unauthenticated, Unavailable
 from reapi.limits import Caller
@@ -83,6 +85,31 @@ class CredentialCache:
             return None
         return entry[1]
 
+    def principal(
+        self,
+        key: str,
+        check: Callable[[], Principal | Unauthenticated],
+        expired: Callable[[Principal], str],
+        store: str,
+    ) -> Principal:
+        """The principal cached under `key`, or the one `check` finds (a refusal it returns is
+        cached too; one it raises is not); Unauthenticated with `expired(principal)` past its
+        expiry, Unavailable when `store` (the database holding credentials) fails."""
+        now = time.monotonic()
+        cached = self.get(key, now)
+        if cached is None:
+            try:
+                cached = check()
+            except DatabaseError:
+                log.exception("%s lookup failed", store)
+                raise Unavailable("the credential store is unreachable; retry shortly") from None
+            self.put(key, cached, now)
+        if isinstance(cached, Unauthenticated):
+            raise cached
+        if cached.expires_at is not None and cached.expires_at <= timezone.now():
+            raise Unauthenticated(expired(cached))
+        return cached
+
     def put(self, key: str, value: Principal | Unauthenticated, now: float) -> None:
         with self._lock:
             self._entries.pop(key, None)  # put back at the end, where its expiry now belongs
@@ -116,27 +143,22 @@ def authenticate(metadata: tuple[tuple[str, str | bytes], ...]) -> Principal:
         if jwt_auth.looks_like_jwt(credential):
             return jwt_auth.authenticate(credential)
         raise Unauthenticated("credential is not a personal access token (aw_pat_…) or an OIDC JWT")
-    key = pats.digest(credential)
-    now = time.monotonic()
-    cached = _cache.get(key, now)
-    if cached is None:
-        # Only a credential not seen within the TTL is checked for its format and checksum
-        # (a malformed one is never cached, so a cached one passed them).
+
+    def check() -> Principal | Unauthenticated:
+        # Only a credential not seen within the TTL is checked for its format and checksum (a
+        # malformed one is refused, not cached, so a cached one passed them).
         try:
             pats.check_format(credential)
         except pats.MalformedToken as exc:
             raise Unauthenticated(str(exc)) from None
-        try:
-            cached = _lookup(key)
-        except DatabaseError:
-            log.exception("token lookup failed")
-            raise Unavailable("the credential store is unreachable; retry shortly") from None
-        _cache.put(key, cached, now)
-    if isinstance(cached, Unauthenticated):
-        raise cached
-    if cached.expires_at is not None and cached.expires_at <= timezone.now():
-        raise Unauthenticated(f"personal access token {cached.token_prefix}… has expired")
-    return cached
+        return _lookup(pats.digest(credential))
+
+    return _cache.principal(
+        pats.digest(credential),
+        check,
+        lambda who: f"personal access token {who.token_prefix}… has expired",
+        "token",
+    )
 
 
 def _lookup(digest: str) -> Principal | Unauthenticated:
@@ -149,25 +171,45 @@ def _lookup(digest: str) -> Principal | Unauthenticated:
     if not token.user.is_active:
         return Unauthenticated(f"the owner of token {token.prefix}… is deactivated")
     _note_use(token)
-    return Principal(
-        tenant=token.tenant.slug,
-        tenant_id=token.tenant_id,
-        cache_mode=token.tenant.cache_mode,
-        user_id=token.user_id,
-        username=token.user.get_username(),
+    return member_principal(
+        token.tenant,
+        token.user,
         # The REAPI scopes only: portal:admin opens the portal's REST API and grants nothing here.
-        scopes=frozenset(s for s in token.scope_list if s in SCOPES),
-        expires_at=token.expires_at,
-        caller=Caller(
-            key=f"pat:{token.id}",
-            tenant=token.tenant.slug,
-            label=f"token {token.prefix}…",
-            rate=token.tenant.token_rate,
-        ),
+        frozenset(s for s in token.scope_list if s in SCOPES),
+        token.expires_at,
+        bucket=f"pat:{token.id}",
+        label=f"token {token.prefix}…",
         token_id=token.id,
         token_prefix=token.prefix,
-        ci_accepts=token.tenant.ci_accepts,
-        ci_confirmations=token.tenant.ci_confirmations,
+    )
+
+
+def member_principal(
+    tenant: Tenant,
+    user: User,
+    scopes: frozenset[str],
+    expires_at: datetime | None,
+    bucket: str,
+    label: str,
+    token_id: int | None = None,
+    token_prefix: str = "",
+) -> Principal:
+    """A tenant member's principal, with what the tenant sets for it read now (cache mode,
+    rate, what its CI accepts): it reaches running servers with the credential cache's TTL.
+    `bucket`: the rate limit's key (reapi.limits.Caller); `label`: how messages name it."""
+    return Principal(
+        tenant=tenant.slug,
+        tenant_id=tenant.pk,
+        cache_mode=tenant.cache_mode,
+        user_id=user.pk,
+        username=user.get_username(),
+        scopes=scopes,
+        expires_at=expires_at,
+        caller=Caller(key=bucket, tenant=tenant.slug, label=label, rate=tenant.token_rate),
+        token_id=token_id,
+        token_prefix=token_prefix,
+        ci_accepts=tenant.ci_accepts,
+        ci_confirmations=tenant.ci_confirmations,
     )
 
 

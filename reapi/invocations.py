@@ -55,7 +55,11 @@ _lock = threading.Lock()
 _pruned_at = 0.0
 
 
-def _entry(who: Principal, cluster: str, meta: re_pb2.RequestMetadata, now: float) -> Pending | None:
+def _entry(who: Principal, cluster: str, meta: re_pb2.RequestMetadata | None, now: float) -> Pending | None:
+    """The invocation `meta` names, made on its first call; None without a tool_invocation_id
+    or past MAX_OPEN. Call under _lock."""
+    if meta is None or not meta.tool_invocation_id:
+        return None
     key = (who.tenant_id, meta.tool_invocation_id)
     entry = _pending.get(key)
     if entry is None:
@@ -70,11 +74,8 @@ def add(
     who: Principal, cluster: str, meta: re_pb2.RequestMetadata | None, counter: int, amount: int = 1
 ) -> None:
     """Count one call's `amount` for its invocation (nothing without a tool_invocation_id)."""
-    if meta is None or not meta.tool_invocation_id:
-        return
-    now = time.time()
     with _lock:
-        entry = _entry(who, cluster, meta, now)
+        entry = _entry(who, cluster, meta, time.time())
         if entry is not None:
             entry.counts[counter] += amount
 
@@ -83,12 +84,10 @@ def miss(
     who: Principal, cluster: str, storage: str, meta: re_pb2.RequestMetadata | None, action: Digest
 ) -> None:
     """Count an action-cache miss and keep its digest for the invocation's explanations."""
-    if meta is None or not meta.tool_invocation_id:
-        return
     now = time.time()
     with _lock:
         entry = _entry(who, cluster, meta, now)
-        if entry is None:
+        if entry is None or meta is None:
             return
         entry.counts[MISSES] += 1
         if len(entry.misses) < MAX_MISSES:

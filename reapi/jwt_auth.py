@@ -22,12 +22,11 @@ from typing import Any
 import jwt
 import requests
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 
 from portal.models import CiIdentity, Membership
-from reapi.auth import CredentialCache, Principal
+from reapi.auth import CredentialCache, Principal, member_principal
 from reapi.errors import Unauthenticated, Unavailable
-from reapi.limits import Caller
 from reapi.once import Once
 
 log = logging.getLogger(__name__)
@@ -208,24 +207,15 @@ def principal_for(claims: dict[str, Any]) -> Principal:
     expires = datetime.fromtimestamp(int(claims["exp"]), UTC) + timedelta(
         seconds=settings.OIDC_GRPC_LEEWAY_SECONDS
     )
-    return Principal(
-        tenant=first.tenant.slug,
-        tenant_id=first.tenant_id,
-        cache_mode=first.tenant.cache_mode,
-        user_id=first.user_id,
-        username=first.user.get_username(),
-        scopes=scopes,
-        expires_at=expires,
+    return member_principal(
+        first.tenant,
+        first.user,
+        scopes,
+        expires,
         # One bucket per OIDC subject, whichever of its (short-lived) tokens it presents.
-        caller=Caller(
-            key=f"oidc:{subject}",
-            tenant=first.tenant.slug,
-            label=f"OIDC subject {subject!r}",
-            rate=first.tenant.token_rate,
-        ),
+        bucket=f"oidc:{subject}",
+        label=f"OIDC subject {subject!r}",
         token_prefix=f"oidc:{first.name}"[:40],
-        ci_accepts=first.tenant.ci_accepts,
-        ci_confirmations=first.tenant.ci_confirmations,
     )
 
 
@@ -235,20 +225,16 @@ _cache = CredentialCache(settings.REAPI_CREDENTIAL_TTL_SECONDS)
 def authenticate(token: str) -> Principal:
     if not settings.OIDC_GRPC_ISSUER:
         raise Unauthenticated("OIDC tokens are not accepted here: no issuer is configured (OIDC_GRPC_ISSUER)")
-    key = hashlib.sha256(token.encode()).hexdigest()
-    now = time.monotonic()
-    cached = _cache.get(key, now)
-    if cached is None:
+
+    def check() -> Principal | Unauthenticated:
         try:
-            cached = principal_for(verify(token))
+            return principal_for(verify(token))
         except Unauthenticated as exc:
-            cached = exc
-        except DatabaseError:
-            log.exception("CI trust lookup failed")
-            raise Unavailable("the credential store is unreachable; retry shortly") from None
-        _cache.put(key, cached, now)
-    if isinstance(cached, Unauthenticated):
-        raise cached
-    if cached.expires_at is not None and cached.expires_at <= datetime.now(UTC):
-        raise Unauthenticated("the OIDC token has expired")
-    return cached
+            return exc  # cached: the same token is refused again without a signature check
+
+    return _cache.principal(
+        hashlib.sha256(token.encode()).hexdigest(),
+        check,
+        lambda _who: "the OIDC token has expired",
+        "CI trust",
+    )
