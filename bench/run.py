@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--only ours,buildgrid,bare] [--processes 1,2] [--quick]
         [--cluster external|internal] [--mode independent|pass-through]
-        [--ci-accepts all|confirmed|none] [--workloads GetActionResult,...]
+        [--ci-accepts all|confirmed|none] [--workloads GetActionResult,...] [--observability on,off]
 
 Starts each server on a free loopback port in a throw-away directory, runs the workloads of
 bench/workloads.py against it from client threads in this process, stops it, and prints one
@@ -57,19 +57,26 @@ def measure_ours(
 ) -> dict[str, list[dict]]:
     columns: dict[str, list[dict]] = {}
     for n in processes:
-        # A data directory (database, storage, tenant) of its own for each server, so that
-        # each one starts as fresh as the first: what FirstPass measures.
-        ours = servers.Ours(workdir, f"ours-{n}p")
-        log("ours: migrating a throw-away database, creating a tenant and a PAT …")
-        ours.prepare(args.mode, args.ci_accepts)
-        with ours.serve(n, threads, args.cluster) as running:
-            log(
-                f"ours, {n} process{'es' if n > 1 else ''}: {args.cluster} cluster serving on "
-                f"{running.address} (auth on)"
-            )
-            target = workloads.Target(running.address, ours.metadata)
-            results = workloads.run_all(target, quick, log, args.workloads)
-            columns[f"ours {n}p"] = [as_dict(r) for r in results]
+        for observed in args.observability:
+            # A data directory (database, storage, tenant) of its own for each server, so that
+            # each one starts as fresh as the first: what FirstPass measures.
+            name = f"ours {n}p" + ("" if observed else ", obs off")
+            ours = servers.Ours(workdir, name.replace(" ", "-").replace(",", ""))
+            log("ours: migrating a throw-away database, creating a tenant and a PAT …")
+            ours.prepare(args.mode, args.ci_accepts)
+            with ours.serve(n, threads, args.cluster, observed) as running:
+                log(
+                    f"{name}: {args.cluster} cluster serving on {running.address} (auth on; "
+                    + (
+                        "metrics and a request-log line per call"
+                        if observed
+                        else "no metrics, errors logged only"
+                    )
+                    + ")"
+                )
+                target = workloads.Target(running.address, ours.metadata)
+                results = workloads.run_all(target, quick, log, args.workloads)
+                columns[name] = [as_dict(r) for r in results]
     return columns
 
 
@@ -179,12 +186,22 @@ def main() -> int:
         default=",".join(workloads.WORKLOADS),
         help=f"which workloads to run, of {','.join(workloads.WORKLOADS)} (default: all)",
     )
+    parser.add_argument(
+        "--observability",
+        default="on",
+        help="our server with metrics and a request-log line per call (on, as in production), "
+        "without (off: no listener, errors logged only), or both: on,off (default on)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the throw-away data directory")
     args = parser.parse_args()
     processes = [int(p) for p in args.processes.split(",") if p.strip()]
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     if not only or only - {"ours", "buildgrid", "bare"}:
         parser.error(f"--only takes ours, buildgrid and bare, not {args.only!r}")
+    observability = [o.strip() for o in args.observability.split(",") if o.strip()]
+    if not observability or set(observability) - {"on", "off"}:
+        parser.error(f"--observability takes on and off, not {args.observability!r}")
+    args.observability = [o == "on" for o in observability]
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if not args.workloads or set(args.workloads) - set(workloads.WORKLOADS):
         parser.error(f"--workloads takes {', '.join(workloads.WORKLOADS)}")

@@ -96,7 +96,11 @@ class Ours:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-aspect", self.pat),)
 
-    def serve(self, processes: int, threads: int | None, cluster: str = "external") -> "Running":
+    def serve(
+        self, processes: int, threads: int | None, cluster: str = "external", observed: bool = True
+    ) -> "Running":
+        """`observed`: metrics counted (a /metrics listener) and a request-log line per call, as
+        a production server runs; off: neither (no listener, REAPI_REQUEST_LOG=errors)."""
         port = free_port()
         argv = [
             sys.executable,
@@ -112,8 +116,11 @@ class Ours:
         ]
         if threads:
             argv += ["--threads", str(threads)]
+        env = {**self.env, "REAPI_REQUEST_LOG": "all" if observed else "errors"}
+        if observed:
+            argv += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
         log = self.data_dir / f"serve-{port}.log"
-        return Running(argv, ROOT, self.env, f"127.0.0.1:{port}", log, self.metadata)
+        return Running(argv, ROOT, env, f"127.0.0.1:{port}", log, self.metadata)
 
 
 class Running:
