@@ -191,6 +191,9 @@ if REAPI_LOG_FORMAT not in ("logfmt", "json"):
 REAPI_REQUEST_LOG = env("REAPI_REQUEST_LOG", "all")
 if REAPI_REQUEST_LOG not in ("all", "errors"):
     raise SettingError(f"REAPI_REQUEST_LOG must be all or errors, not {REAPI_REQUEST_LOG!r}")
+REAPI_READINESS_SECONDS = envint("REAPI_READINESS_SECONDS", 5)
+if REAPI_READINESS_SECONDS < 1:
+    raise SettingError(f"REAPI_READINESS_SECONDS must be at least 1, not {REAPI_READINESS_SECONDS}")
 REAPI_DRAIN_SECONDS = envint("REAPI_DRAIN_SECONDS", 0)
 if REAPI_DRAIN_SECONDS < 0:
     raise SettingError(f"REAPI_DRAIN_SECONDS must be at least 0, not {REAPI_DRAIN_SECONDS}")

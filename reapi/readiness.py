@@ -1,5 +1,5 @@
 """Whether a server process should take traffic: not while it drains, nor while its database
-or its cluster's storage cannot be reached. A thread looks every few seconds and sets the
+or its cluster's storage cannot be reached. A thread looks every REAPI_READINESS_SECONDS and sets the
 gRPC health status (NOT_SERVING then) and what /readyz answers."""
 
 import logging
@@ -7,12 +7,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
 from django.db import close_old_connections, connection
 
 log = logging.getLogger(__name__)
-
-INTERVAL_SECONDS = 5.0
 
 
 def unreachable(cluster: str) -> str:
@@ -60,7 +59,7 @@ class Readiness:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(INTERVAL_SECONDS):
+        while not self._stop.wait(settings.REAPI_READINESS_SECONDS):
             missing = unreachable(self.cluster)
             if bool(missing) == (not self.reachable):
                 continue
