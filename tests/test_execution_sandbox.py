@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 from django.test import override_settings
 
+from reapi.gen.google.longrunning import operations_pb2
 from tests.bazel import Bazel, bazel_in
 from tests.execution_fixtures import (
     EXEC_ENV,
@@ -21,10 +22,14 @@ from tests.execution_fixtures import (
     Link,
     WorkerProcess,
     execute,
+    execute_stream,
+    ops,
     pid_alive,
+    pids_running,
     response,
     run,
 )
+from tests.polling import wait_for
 from tests.reapi_client import Client
 from tests.servers import ReapiServer, manage
 from tests.tenants import Persona
@@ -187,6 +192,36 @@ def test_files_an_action_creates_belong_to_the_sandbox_user(client: Client, work
     assert reply.result.exit_code == 0, reply
     uid, dir_owner = client.read(reply.result.output_files[0].digest).split()
     assert uid == dir_owner == str(settings.REAPI_SANDBOX_UID).encode()
+
+
+def test_no_process_of_an_action_holds_a_privilege_of_the_worker(
+    client: Client, worker: WorkerProcess
+) -> None:
+    # Seen from the host while the action runs: every process of it, bubblewrap's own outside
+    # the namespaces included, has the sandbox's uid and gid (real, effective, saved and file
+    # system), no supplementary group and no capability in any set.
+    marker = f"300.{uuid.uuid4().int % 10**9}"  # a sleep length no other process has
+    action = ActionSpec(["/bin/sh", "-c", f"sleep {marker} & wait; : {marker}"]).upload(client)
+    stream = execute_stream(client, action)
+    first = next(stream)
+    wait_for(lambda: any(c.startswith("sleep ") for c in pids_running(marker).values()))
+    statuses = []
+    for pid, cmdline in pids_running(marker).items():
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+        statuses.append((Path(cmdline.split()[0]).name, status))
+    ops(client).CancelOperation(
+        operations_pb2.CancelOperationRequest(name=first.name), metadata=client.metadata
+    )
+    list(stream)
+    assert {"bwrap", "sh", "sleep"} <= {name for name, _status in statuses}, statuses
+    uid, gid = settings.REAPI_SANDBOX_UID, settings.REAPI_SANDBOX_GID
+    for name, status in statuses:
+        assert status["Uid"].split() == [str(uid)] * 4, (name, status["Uid"])
+        assert status["Gid"].split() == [str(gid)] * 4, (name, status["Gid"])
+        assert status["Groups"].split() == [], (name, status["Groups"])
+        for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert int(status[caps], 16) == 0, (name, caps, status[caps])
 
 
 def test_an_action_cannot_kill_its_worker(client: Client, worker: WorkerProcess) -> None:
