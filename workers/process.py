@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 OK = "ok"
 TIMED_OUT = "timed-out"
@@ -25,21 +24,6 @@ CANCEL_CHECK_SECONDS = 0.1
 class Outcome:
     exit_code: int
     how: str
-
-
-class Child(Protocol):
-    """A started command: readable (`fileno`) once it has exited."""
-
-    pid: int
-
-    def fileno(self) -> int: ...
-
-    def kill(self) -> None:
-        """SIGKILL its process group."""
-
-    def wait(self) -> int:
-        """Its exit status as Popen.returncode has it (-N: killed by signal N)."""
-        ...
 
 
 def run(
@@ -57,91 +41,57 @@ def run(
     killed.
 
     The command gets a session (and so a process group) of its own, so a kill reaches the
-    shell and everything it started, not only the first process.
+    shell and everything it started, not only the first process. Its group id goes to
+    `group_file`, so a worker that finds this one dead can kill what it left running. `watch`,
+    called while it runs, ends it by returning a reason.
     """
-
-    def start(out: int, err: int) -> Child:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-        )
-        return _PopenChild(proc)
-
-    return supervise(start, argv[0], stdout, stderr, timeout, cancelled, group_file, watch)
-
-
-def supervise(
-    start: Callable[[int, int], Child],
-    program: str,
-    stdout: Path,
-    stderr: Path,
-    timeout: float,
-    cancelled: threading.Event,
-    group_file: Path | None = None,
-    watch: Callable[[], str | None] | None = None,
-) -> Outcome:
-    """Start a command with `start(stdout_fd, stderr_fd)` and see it to its end: completion,
-    deadline, cancellation or a limit. Its process group id goes to `group_file`, so a worker
-    that finds this one dead can kill what it left running. `watch`, called while it runs, ends
-    it by returning a reason."""
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         try:
-            child = start(out.fileno(), err.fileno())
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as exc:
             # Like a shell: 127 when the program is missing, 126 when it cannot run.
-            err.write(f"cannot run {program!r}: {exc.strerror or exc}\n".encode())
+            err.write(f"cannot run {argv[0]!r}: {exc.strerror}\n".encode())
             return Outcome(127 if isinstance(exc, FileNotFoundError) else 126, OK)
     if group_file is not None:
-        group_file.write_text(str(child.pid))
-    how = _wait(child, time.monotonic() + timeout, cancelled, watch)
-    child.kill()
-    code = child.wait()
+        group_file.write_text(str(proc.pid))
+    how = _wait(proc, time.monotonic() + timeout, cancelled, watch)
+    _kill_group(proc.pid)
+    code = proc.wait()
     # A command killed by a signal reports 128+N, as a shell would.
     return Outcome(128 - code if code < 0 else code, how)
 
 
-class _PopenChild:
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.pidfd = os.pidfd_open(proc.pid)
-
-    def fileno(self) -> int:
-        return self.pidfd
-
-    def kill(self) -> None:
-        # Also after a normal exit: daemons the action left behind must not outlive it.
-        _kill_group(self.pid)
-
-    def wait(self) -> int:
-        os.close(self.pidfd)
-        return self.proc.wait()
-
-
 def _wait(
-    child: Child,
+    proc: subprocess.Popen[bytes],
     deadline: float,
     cancelled: threading.Event,
     watch: Callable[[], str | None] | None,
 ) -> str:
-    poller = select.poll()
-    poller.register(child.fileno(), select.POLLIN)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return TIMED_OUT
-        if poller.poll(min(remaining, CANCEL_CHECK_SECONDS) * 1000):
-            return OK
-        if cancelled.is_set():
-            return CANCELLED
-        if watch is not None and watch():
-            return LIMITED
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return TIMED_OUT
+            if poller.poll(min(remaining, CANCEL_CHECK_SECONDS) * 1000):
+                return OK
+            if cancelled.is_set():
+                return CANCELLED
+            if watch is not None and watch():
+                return LIMITED
+    finally:
+        os.close(pidfd)
 
 
 def kill_left_behind(group_file: Path) -> None:
@@ -155,5 +105,6 @@ def kill_left_behind(group_file: Path) -> None:
 
 
 def _kill_group(pgid: int) -> None:
+    # Also after a normal exit: daemons the action left behind must not outlive it.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
