@@ -21,15 +21,17 @@ run: venv
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py runall
 
-# Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap (the workers' sandbox),
-# Chromium and systemd (systemd-analyze checks deploy/). Services this kind of machine runs are
+# Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap and a C compiler (the
+# workers' sandbox and its sandbox-exec), Chromium and systemd (systemd-analyze checks deploy/). Services this kind of machine runs are
 # started when they are down.
 test-deps: venv
 	@if ! command -v bazel >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v bwrap >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! command -v bwrap >/dev/null || ! command -v cc >/dev/null \
+	    || ! test -e /usr/lib/x86_64-linux-gnu/libc.a -o -e /usr/lib/aarch64-linux-gnu/libc.a \
+	    || ! command -v systemd-analyze >/dev/null \
 	    || ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni systemd; fi
+	    bazel-bootstrap bubblewrap chromium gcc libc6-dev libnetty-tcnative-jni systemd; fi
 	@bash tests/start-services.sh
 
 test: test-deps test-unit test-sqlite test-postgres test-s3

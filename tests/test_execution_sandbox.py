@@ -3,6 +3,7 @@ and hostile actions (fork bomb, memory hog, huge writers, symlink escapes) end w
 message while their worker serves the next action."""
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,6 +388,20 @@ def test_a_worker_that_cannot_sandbox_refuses_to_start(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "searchable by uid" in done.stderr, done.stderr
+
+
+def test_a_worker_that_cannot_build_sandbox_exec_refuses_to_start(tmp_path: Path) -> None:
+    # bubblewrap is there, a C compiler is not, and no sandbox-exec was built for this data dir.
+    only_bwrap = tmp_path / "bin"
+    only_bwrap.mkdir()
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None, "bubblewrap must be installed for these tests (make test-deps)"
+    (only_bwrap / "bwrap").symlink_to(bwrap)
+    env = {**SANDBOX_ENV, "PATH": str(only_bwrap), "DATA_DIR": str(tmp_path / "data")}
+    done = manage("worker", "--cluster", "external", "--pool", "x86-64", env=env, check=False)
+    assert done.returncode != 0
+    assert "no C compiler (cc) to build the sandbox's launcher" in done.stderr, done.stderr
+    assert not list((tmp_path / "data").glob("bin/sandbox-exec-*"))
 
 
 def test_reapi_sandbox_off_runs_unsandboxed_and_warns_on_every_action(
