@@ -1,6 +1,7 @@
 /* sandbox-exec: the first step of a sandboxed action's launch chain (workers/sandbox.py).
  *
- *   sandbox-exec NOFILE FSIZE AS NPROC UID GID [CGROUP_PROCS_FILE...] -- BWRAP [ARG...]
+ *   sandbox-exec NOFILE FSIZE AS NPROC UID GID -- BWRAP [ARG...]
+ *   sandbox-exec --standby CGROUP_PROCS_FILE...
  *
  * Sets the per-process rlimits (soft = hard, so the action cannot raise them; core files off;
  * AS and NPROC only where given, "-" otherwise), and, where UID and GID are given ("-"
@@ -8,14 +9,12 @@
  * execs BWRAP with an empty environment. One small static program instead of `sh` (rlimits,
  * cgroups) and `setpriv` (uid): an exec less per action, and the cheapest kind.
  *
- * The cgroups named are joined while bwrap sets the sandbox up, not before: moving a process
- * into a cgroup waits for an RCU grace period (the kernel's cgroup_threadgroup_rwsem, unless
- * the hierarchy is mounted with favordynmods), ~10 ms here, as long as the rest of the
- * launch. A helper forked before the uid changes moves this process (bwrap, once exec'd) at
- * once, reads bwrap's --info-fd for the pid of the sandbox's first process, moves it too, and
- * only then writes to bwrap's --block-fd, which bwrap reads before it starts anything in the
- * sandbox: nothing the action runs is ever outside its cgroups. If a move fails, the helper
- * kills both instead (bwrap goes on when --block-fd closes unwritten).
+ * --standby: joins the cgroups named, then waits for the rest on stdin: NUL-terminated fields
+ * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID -- BWRAP [ARG...], opens STDOUT and STDERR (stdin
+ * becomes /dev/null) and goes on as above. Moving a process into a cgroup waits for an RCU grace
+ * period (the kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a worker starts
+ * the next action's sandbox-exec, in the next action's cgroups, while the current one runs, so
+ * that wait is not an action's. It exits quietly when stdin closes with nothing on it.
  *
  * Exit 125 when a step fails (the message on stderr), 127 when BWRAP is missing, 126 when it
  * cannot run, as a shell would. Built by workers/sandbox_exec.py.
@@ -76,71 +75,19 @@ static int join(long long pid, char **procs, int count) {
     return 0;
 }
 
-/* The sandbox's first process, as bwrap's --info-fd names it ("child-pid"), or -1. */
-static long long child_pid(int info, char *text, size_t size) {
-    size_t used = 0;
-    const char *key = "\"child-pid\":";
-    while (used < size - 1) {
-        ssize_t got = read(info, text + used, size - 1 - used);
-        if (got <= 0)
-            return -1;
-        used += (size_t)got;
-        text[used] = '\0';
-        char *at = strstr(text, key);
-        if (at == NULL)
-            continue;
-        char *digits = at + strlen(key);
-        while (*digits == ' ')
-            digits++;
-        char *end = digits;
-        while (*end >= '0' && *end <= '9')
-            end++;
-        if (end > digits && *end != '\0') /* the whole number has come */
-            return strtoll(digits, NULL, 10);
-    }
-    return -1;
-}
-
-/* The helper: moves bwrap (its parent) at once, and the sandbox's first process as soon as
- * bwrap names it, into every cgroup, then lets the sandbox go on. Never returns. */
-static void join_later(int info, int block, pid_t bwrap, char **procs, int count) {
-    char text[4096];
-    long long child = -1;
-    int ok = join(bwrap, procs, count) == 0;
-    if (ok) {
-        child = child_pid(info, text, sizeof text);
-        if (child <= 0)
-            dprintf(2, "sandbox-exec: bwrap named no child-pid on --info-fd\n");
-        ok = child > 0 && join(child, procs, count) == 0 && write(block, "x", 1) == 1;
-    }
-    if (!ok) {
-        if (child > 0)
-            kill((pid_t)child, SIGKILL);
-        kill(bwrap, SIGKILL);
-        _exit(125);
-    }
-    /* Read to the end: bwrap writes the rest of its info after the pid, and a pipe closed
-     * under it would end it by SIGPIPE. */
-    while (read(info, text, sizeof text) > 0)
-        ;
-    _exit(0);
-}
-
-int main(int argc, char **argv) {
-    if (argc < 9) {
-        dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID [PROCS...] -- BWRAP...\n");
+/* The launch proper, from NOFILE on (see the top); returns only on failure. */
+static int launch(int argc, char **argv) {
+    if (argc < 8) {
+        dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID -- BWRAP...\n");
         return 125;
     }
-    long long nofile = number(argv[1]), fsize = number(argv[2]), as = number(argv[3]);
-    long long nproc = number(argv[4]), uid = number(argv[5]), gid = number(argv[6]);
-    int first_procs = 7, i = 7;
-    while (i < argc && strcmp(argv[i], "--") != 0)
-        i++;
-    int procs = i - first_procs;
-    if (++i >= argc) {
-        dprintf(2, "sandbox-exec: no program after --\n");
+    long long nofile = number(argv[0]), fsize = number(argv[1]), as = number(argv[2]);
+    long long nproc = number(argv[3]), uid = number(argv[4]), gid = number(argv[5]);
+    if (strcmp(argv[6], "--") != 0) {
+        dprintf(2, "sandbox-exec: -- expected after UID GID\n");
         return 125;
     }
+    char **program = argv + 7;
     if (limit(RLIMIT_NOFILE, nofile, "RLIMIT_NOFILE") || limit(RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE") ||
         limit(RLIMIT_CORE, 0, "RLIMIT_CORE") || limit(RLIMIT_AS, as, "RLIMIT_AS") ||
         limit(RLIMIT_NPROC, nproc, "RLIMIT_NPROC"))
@@ -149,50 +96,13 @@ int main(int argc, char **argv) {
         dprintf(2, "sandbox-exec: UID and GID go together\n");
         return 125;
     }
-    /* bwrap's argv with "--info-fd N --block-fd M" after its name when there are cgroups. */
-    char **program = argv + i;
-    char info_arg[16], block_arg[16];
-    char **with_fds = calloc((size_t)(argc - i + 5), sizeof *with_fds);
-    if (with_fds == NULL)
-        return fail("calloc", "argv");
-    if (procs > 0) {
-        int info[2], block[2];
-        if (pipe2(info, O_CLOEXEC) != 0 || pipe2(block, O_CLOEXEC) != 0)
-            return fail("pipe", "");
-        pid_t self = getpid();
-        pid_t helper = fork();
-        if (helper < 0)
-            return fail("fork", "helper");
-        if (helper == 0) {
-            close(info[1]);
-            close(block[0]);
-            join_later(info[0], block[1], self, argv + first_procs, procs);
-        }
-        close(info[0]);
-        close(block[1]);
-        /* bwrap keeps these two across its exec. */
-        if (fcntl(info[1], F_SETFD, 0) != 0 || fcntl(block[0], F_SETFD, 0) != 0)
-            return fail("fcntl", "");
-        snprintf(info_arg, sizeof info_arg, "%d", info[1]);
-        snprintf(block_arg, sizeof block_arg, "%d", block[0]);
-        int k = 0;
-        with_fds[k++] = argv[i];
-        with_fds[k++] = "--info-fd";
-        with_fds[k++] = info_arg;
-        with_fds[k++] = "--block-fd";
-        with_fds[k++] = block_arg;
-        for (int j = i + 1; j < argc; j++)
-            with_fds[k++] = argv[j];
-        with_fds[k] = NULL;
-        program = with_fds;
-    }
     if (uid >= 0) {
         if (setgroups(0, NULL) != 0)
             return fail("setgroups", "[]");
         if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0)
-            return fail("setresgid", argv[6]);
+            return fail("setresgid", argv[5]);
         if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0)
-            return fail("setresuid", argv[5]);
+            return fail("setresuid", argv[4]);
         /* Leaving uid 0 clears the permitted, effective and ambient sets; the inheritable one
          * is emptied here (what `setpriv --inh-caps=-all` did). */
         struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
@@ -206,4 +116,68 @@ int main(int argc, char **argv) {
     int code = errno == ENOENT ? 127 : 126;
     dprintf(2, "cannot run '%s': %s\n", program[0], strerror(errno));
     return code;
+}
+
+/* Everything on stdin, split at NULs into a NULL-terminated list; its length in *count. */
+static char **read_fields(int *count) {
+    size_t size = 0, capacity = 1 << 16;
+    char *text = malloc(capacity);
+    for (;;) {
+        if (text == NULL)
+            return NULL;
+        if (size == capacity) {
+            capacity *= 2;
+            text = realloc(text, capacity);
+            continue;
+        }
+        ssize_t got = read(0, text + size, capacity - size);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return NULL;
+        if (got == 0)
+            break;
+        size += (size_t)got;
+    }
+    int n = 0;
+    for (size_t i = 0; i < size; i++)
+        n += text[i] == '\0';
+    char **fields = calloc((size_t)n + 1, sizeof *fields);
+    if (fields == NULL)
+        return NULL;
+    size_t start = 0;
+    for (int k = 0; k < n; k++) {
+        fields[k] = text + start;
+        start += strlen(text + start) + 1;
+    }
+    *count = n;
+    return fields;
+}
+
+static int standby(int argc, char **argv) {
+    if (join(getpid(), argv, argc) != 0)
+        return 125;
+    int count = 0;
+    char **fields = read_fields(&count);
+    if (fields == NULL)
+        return fail("read", "stdin");
+    if (count == 0)
+        return 0; /* not needed after all */
+    if (count < 10) {
+        dprintf(2, "sandbox-exec: a request has STDOUT STDERR NOFILE FSIZE AS NPROC UID GID -- BWRAP\n");
+        return 125;
+    }
+    int null = open("/dev/null", O_RDONLY);
+    int out = open(fields[0], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int err = open(fields[1], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (null < 0 || out < 0 || err < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+        return fail("cannot open", fields[0]);
+    close(null);
+    return launch(count - 2, fields + 2);
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "--standby") == 0)
+        return standby(argc - 2, argv + 2);
+    return launch(argc - 1, argv + 1);
 }
