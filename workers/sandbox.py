@@ -15,14 +15,15 @@ Commands arrive from workstations over the internet, so each runs with:
   bytes it writes under its directory (watched while it runs).
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
-`sandbox-exec` (workers/sandbox_exec.c, a small static program: sets the action's rlimits,
-drops to the sandbox's uid with no supplementary groups and no capabilities, and has a helper
-move bwrap's processes into the action's cgroups while bwrap sets up, before anything runs in
-the sandbox) -> `bwrap` -> `sh -c 'exec "$@"'` (so a missing program is exit 127 and one that
-cannot run 126, as in a shell) -> the command. One static program rather than a shell and
-setpriv saves an exec and ~1.5 ms of CPU per action; joining the cgroups during bwrap's set-up
-hides part of the ~10 ms a move into a cgroup waits for (an RCU grace period); dropping the uid
-in the chain rather than in the worker lets Python start it with vfork.
+`sandbox-exec` (workers/sandbox_exec.c, a small static program: sets the action's rlimits and
+drops to the sandbox's uid with no supplementary groups and no capabilities) -> `bwrap` ->
+`sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as in a
+shell) -> the command. One static program rather than a shell and setpriv saves an exec and
+~1.5 ms of CPU per action; dropping the uid in the chain rather than in the worker lets Python
+start it with vfork. Where there are cgroups, an action's sandbox-exec is started ahead, while
+the action before it runs: it joins the cgroups made for it (a move into a cgroup waits for an
+RCU grace period, ~10 ms here) and waits on stdin for its stdout, stderr and the rest of its
+arguments (`--standby`), so the action does not wait for the move.
 The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a process
 outside the sandbox.
 """
