@@ -2,6 +2,7 @@
 and hostile actions (fork bomb, memory hog, huge writers, symlink escapes) end with a clear
 message while their worker serves the next action."""
 
+import functools
 import os
 import shutil
 import uuid
@@ -34,13 +35,14 @@ from tests.polling import wait_for
 from tests.reapi_client import Client
 from tests.servers import ReapiServer, manage
 from tests.tenants import Persona
+from workers import sandbox
 
 SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
 SANDBOX_ENV = {
     **EXEC_ENV,
     "REAPI_POOLS_EXTERNAL": (
         "x86-64,net:x86-64:network,tight:x86-64:memory=256M:pids=64:file-size=64M:output=128M,"
-        "unsandboxed:x86-64"
+        "unsandboxed:x86-64,ahead:x86-64"
     ),
     # Every worker and server process carries this: no action may see it.
     "PROBE_SECRET": SECRET,
@@ -416,6 +418,41 @@ def test_reapi_sandbox_off_runs_unsandboxed_and_warns_on_every_action(
         reply = run(client, spec)
         assert client.read(reply.result.stdout_digest) == f"{os.geteuid()}\n".encode()
         assert "runs UNSANDBOXED (REAPI_SANDBOX=off)" in unsandboxed.log.read_text()
+
+
+def sandbox_groups(prefix: str) -> list[str]:
+    """This host's action cgroups whose names start with `prefix`, under every controller."""
+    parents = [Path("/sys/fs/cgroup/memory/reapi-sandbox"), Path("/sys/fs/cgroup/pids/reapi-sandbox")]
+    assert all(p.is_dir() for p in parents), "this test needs the workers' cgroup v1 groups here"
+    return [group.name for parent in parents for group in parent.glob(f"{prefix}*") if group.is_dir()]
+
+
+def pids_in(procs: Path) -> list[str]:
+    return procs.read_text().split()
+
+
+def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leaves_none(
+    server: ReapiServer, client: Client
+) -> None:
+    # A pool of its own: no other worker takes the actions.
+    with WorkerProcess("external", "ahead", SANDBOX_ENV, concurrency=1) as ahead:
+        assert ahead.proc is not None
+        prefix = sandbox.group_prefix(ahead.proc.pid)
+        for _ in range(2):
+            spec = ActionSpec(
+                ["/bin/sh", "-c", "echo hi"], platform={"Pool": "ahead"}, salt=uuid.uuid4().bytes
+            )
+            reply = run(client, spec)
+            assert reply.result.exit_code == 0 and client.read(reply.result.stdout_digest) == b"hi\n"
+            # The next action's sandbox-exec is waiting, in the next action's cgroups.
+            waiting = sandbox_groups(prefix)
+            assert len(waiting) == 2, waiting  # its memory and its pids group
+            procs = Path("/sys/fs/cgroup/memory/reapi-sandbox", waiting[0], "cgroup.procs")
+            members = wait_for(functools.partial(pids_in, procs))  # once its move is done
+            assert len(members) == 1, members
+            assert "--standby" in Path(f"/proc/{members[0]}/cmdline").read_bytes().decode(errors="replace")
+    assert sandbox_groups(prefix) == []
+    assert not pid_alive(int(members[0]))
 
 
 def test_the_workers_page_shows_sandboxing_and_network_per_pool(
