@@ -21,20 +21,22 @@ run: venv
 	$(PY) manage.py migrate --no-input -v0
 	$(PY) manage.py runall
 
-# Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap (the workers' sandbox),
-# Chromium, systemd (systemd-analyze checks deploy/) and Node.js with npm (the OpenID provider
-# the tests sign in through, tests/oidc-provider/). Services this kind of machine runs are
-# started when they are down.
-test-deps: venv tests/oidc-provider/node_modules/.installed
+# Debian packages the tests drive for real: Bazel 4.2.3, bubblewrap and a C compiler with a
+# static libc (the workers' sandbox and its sandbox-exec), Chromium, systemd (systemd-analyze
+# checks deploy/) and Node.js with npm (the OpenID provider the tests sign in through,
+# tests/oidc-provider/). Services this kind of machine runs are started when they are down.
+test-deps: venv test-debs tests/oidc-provider/node_modules/.installed
 	@bash tests/start-services.sh
 
 test-debs:
 	@if ! command -v bazel >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v bwrap >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! command -v bwrap >/dev/null || ! command -v cc >/dev/null \
+	    || ! test -e /usr/lib/x86_64-linux-gnu/libc.a -o -e /usr/lib/aarch64-linux-gnu/libc.a \
+	    || ! command -v systemd-analyze >/dev/null \
 	    || ! command -v node >/dev/null || ! command -v npm >/dev/null \
 	    || ! dpkg -s libnetty-tcnative-jni >/dev/null 2>&1; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    bazel-bootstrap bubblewrap chromium libnetty-tcnative-jni systemd \
+	    bazel-bootstrap bubblewrap chromium gcc libc6-dev libnetty-tcnative-jni systemd \
 	    $$(command -v node >/dev/null || echo nodejs) $$(command -v npm >/dev/null || echo npm); fi
 
 # The provider's npm packages, exactly as package-lock.json pins them.

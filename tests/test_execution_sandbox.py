@@ -2,7 +2,9 @@
 and hostile actions (fork bomb, memory hog, huge writers, symlink escapes) end with a clear
 message while their worker serves the next action."""
 
+import functools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 from django.test import override_settings
 
+from reapi.gen.google.longrunning import operations_pb2
 from tests.support.bazel import Bazel, bazel_in
 from tests.support.execution_fixtures import (
     EXEC_ENV,
@@ -21,20 +24,25 @@ from tests.support.execution_fixtures import (
     Link,
     WorkerProcess,
     execute,
+    execute_stream,
+    ops,
     pid_alive,
+    pids_running,
     response,
     run,
 )
+from tests.support.polling import wait_for
 from tests.support.reapi_client import Client
 from tests.support.servers import ReapiServer, manage
 from tests.support.tenants import Persona
+from workers import sandbox
 
 SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
 SANDBOX_ENV = {
     **EXEC_ENV,
     "REAPI_POOLS_EXTERNAL": (
         "x86-64,net:x86-64:network,tight:x86-64:memory=256M:pids=64:file-size=64M:output=128M,"
-        "unsandboxed:x86-64"
+        "unsandboxed:x86-64,ahead:x86-64"
     ),
     # Every worker and server process carries this: no action may see it.
     "PROBE_SECRET": SECRET,
@@ -187,6 +195,36 @@ def test_files_an_action_creates_belong_to_the_sandbox_user(client: Client, work
     assert reply.result.exit_code == 0, reply
     uid, dir_owner = client.read(reply.result.output_files[0].digest).split()
     assert uid == dir_owner == str(settings.REAPI_SANDBOX_UID).encode()
+
+
+def test_no_process_of_an_action_holds_a_privilege_of_the_worker(
+    client: Client, worker: WorkerProcess
+) -> None:
+    # Seen from the host while the action runs: every process of it, bubblewrap's own outside
+    # the namespaces included, has the sandbox's uid and gid (real, effective, saved and file
+    # system), no supplementary group and no capability in any set.
+    marker = f"300.{uuid.uuid4().int % 10**9}"  # a sleep length no other process has
+    action = ActionSpec(["/bin/sh", "-c", f"sleep {marker} & wait; : {marker}"]).upload(client)
+    stream = execute_stream(client, action)
+    first = next(stream)
+    wait_for(lambda: any(c.startswith("sleep ") for c in pids_running(marker).values()))
+    statuses = []
+    for pid, cmdline in pids_running(marker).items():
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+        statuses.append((Path(cmdline.split()[0]).name, status))
+    ops(client).CancelOperation(
+        operations_pb2.CancelOperationRequest(name=first.name), metadata=client.metadata
+    )
+    list(stream)
+    assert {"bwrap", "sh", "sleep"} <= {name for name, _status in statuses}, statuses
+    uid, gid = settings.REAPI_SANDBOX_UID, settings.REAPI_SANDBOX_GID
+    for name, status in statuses:
+        assert status["Uid"].split() == [str(uid)] * 4, (name, status["Uid"])
+        assert status["Gid"].split() == [str(gid)] * 4, (name, status["Gid"])
+        assert status["Groups"].split() == [], (name, status["Groups"])
+        for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert int(status[caps], 16) == 0, (name, caps, status[caps])
 
 
 def test_an_action_cannot_kill_its_worker(client: Client, worker: WorkerProcess) -> None:
@@ -354,6 +392,20 @@ def test_a_worker_that_cannot_sandbox_refuses_to_start(tmp_path: Path) -> None:
     assert "searchable by uid" in done.stderr, done.stderr
 
 
+def test_a_worker_that_cannot_build_sandbox_exec_refuses_to_start(tmp_path: Path) -> None:
+    # bubblewrap is there, a C compiler is not, and no sandbox-exec was built for this data dir.
+    only_bwrap = tmp_path / "bin"
+    only_bwrap.mkdir()
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None, "bubblewrap must be installed for these tests (make test-deps)"
+    (only_bwrap / "bwrap").symlink_to(bwrap)
+    env = {**SANDBOX_ENV, "PATH": str(only_bwrap), "DATA_DIR": str(tmp_path / "data")}
+    done = manage("worker", "--cluster", "external", "--pool", "x86-64", env=env, check=False)
+    assert done.returncode != 0
+    assert "no C compiler (cc) to build the sandbox's launcher" in done.stderr, done.stderr
+    assert not list((tmp_path / "data").glob("bin/sandbox-exec-*"))
+
+
 def test_reapi_sandbox_off_runs_unsandboxed_and_warns_on_every_action(
     server: ReapiServer, client: Client
 ) -> None:
@@ -366,6 +418,41 @@ def test_reapi_sandbox_off_runs_unsandboxed_and_warns_on_every_action(
         reply = run(client, spec)
         assert client.read(reply.result.stdout_digest) == f"{os.geteuid()}\n".encode()
         assert "runs UNSANDBOXED (REAPI_SANDBOX=off)" in unsandboxed.log.read_text()
+
+
+def sandbox_groups(prefix: str) -> list[str]:
+    """This host's action cgroups whose names start with `prefix`, under every controller."""
+    parents = [Path("/sys/fs/cgroup/memory/reapi-sandbox"), Path("/sys/fs/cgroup/pids/reapi-sandbox")]
+    assert all(p.is_dir() for p in parents), "this test needs the workers' cgroup v1 groups here"
+    return [group.name for parent in parents for group in parent.glob(f"{prefix}*") if group.is_dir()]
+
+
+def pids_in(procs: Path) -> list[str]:
+    return procs.read_text().split()
+
+
+def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leaves_none(
+    server: ReapiServer, client: Client
+) -> None:
+    # A pool of its own: no other worker takes the actions.
+    with WorkerProcess("external", "ahead", SANDBOX_ENV, concurrency=1) as ahead:
+        assert ahead.proc is not None
+        prefix = sandbox.group_prefix(ahead.proc.pid)
+        for _ in range(2):
+            spec = ActionSpec(
+                ["/bin/sh", "-c", "echo hi"], platform={"Pool": "ahead"}, salt=uuid.uuid4().bytes
+            )
+            reply = run(client, spec)
+            assert reply.result.exit_code == 0 and client.read(reply.result.stdout_digest) == b"hi\n"
+            # The next action's sandbox-exec is waiting, in the next action's cgroups.
+            waiting = sandbox_groups(prefix)
+            assert len(waiting) == 2, waiting  # its memory and its pids group
+            procs = Path("/sys/fs/cgroup/memory/reapi-sandbox", waiting[0], "cgroup.procs")
+            members = wait_for(functools.partial(pids_in, procs))  # once its move is done
+            assert len(members) == 1, members
+            assert "--standby" in Path(f"/proc/{members[0]}/cmdline").read_bytes().decode(errors="replace")
+    assert sandbox_groups(prefix) == []
+    assert not pid_alive(int(members[0]))
 
 
 def test_the_workers_page_shows_sandboxing_and_network_per_pool(

@@ -112,6 +112,7 @@ class ActionGroup:
         if self.v2:
             with contextlib.suppress(OSError):
                 _write(self.pids_dir / "cgroup.kill", 1)
+        pause = 0.0002
         for _ in range(500):
             pids = [int(p) for p in _read(self.pids_dir / "cgroup.procs").split()]
             if not pids:
@@ -119,7 +120,10 @@ class ActionGroup:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.002)
+            # Most often the last process is about gone (exiting, not yet out of the group): look
+            # again soon, then less often.
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
 
     def remove(self) -> None:
         self.kill_all()

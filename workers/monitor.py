@@ -118,6 +118,7 @@ class Monitor:
         if self._thread is not None:
             self._thread.join(timeout=5)
         Worker.objects.filter(name=self.identity.name).update(stopped_at=timezone.now(), running=0)
+        sandbox.release_standbys()
         shutil.rmtree(self.identity.exec_dir, ignore_errors=True)
 
     def _loop(self) -> None:

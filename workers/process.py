@@ -61,6 +61,17 @@ def run(
             # Like a shell: 127 when the program is missing, 126 when it cannot run.
             err.write(f"cannot run {argv[0]!r}: {exc.strerror}\n".encode())
             return Outcome(127 if isinstance(exc, FileNotFoundError) else 126, OK)
+    return supervise(proc, timeout, cancelled, group_file, watch)
+
+
+def supervise(
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    cancelled: threading.Event,
+    group_file: Path | None = None,
+    watch: Callable[[], str | None] | None = None,
+) -> Outcome:
+    """See a started command (its own session) to its end, as `run` does."""
     if group_file is not None:
         group_file.write_text(str(proc.pid))
     how = _wait(proc, time.monotonic() + timeout, cancelled, watch)

@@ -15,39 +15,41 @@ Commands arrive from workstations over the internet, so each runs with:
   bytes it writes under its directory (watched while it runs).
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
-`sh` (joins the action's cgroups and sets its rlimits; `prlimit` instead where there are no
-cgroups) -> `setpriv` (drops to the sandbox's uid, no supplementary groups, no capabilities) ->
-`bwrap` -> `sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as
-in a shell) -> the command. Dropping the uid in the chain rather than in the worker lets Python
-start it with vfork, which costs a large worker process a few milliseconds less per action.
+`sandbox-exec` (workers/sandbox_exec.c, a small static program: sets the action's rlimits and
+drops to the sandbox's uid with no supplementary groups and no capabilities) -> `bwrap` ->
+`sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as in a
+shell) -> the command. One static program rather than a shell and setpriv saves an exec and
+~1.5 ms of CPU per action; dropping the uid in the chain rather than in the worker lets Python
+start it with vfork. Where there are cgroups, an action's sandbox-exec is started ahead, while
+the action before it runs: it joins the cgroups made for it (a move into a cgroup waits for an
+RCU grace period, ~10 ms here) and waits on stdin for its stdout, stderr and the rest of its
+arguments (`--standby`), so the action does not wait for the move.
 The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a process
 outside the sandbox.
 """
 
-import contextlib
+import itertools
 import logging
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
 from reapi.errors import InvalidArgument
-from workers import cgroups, process
+from workers import cgroups, process, sandbox_exec
 from workers.pools import Limits
 
 log = logging.getLogger(__name__)
 
 BWRAP = "bwrap"
-PRLIMIT = "/usr/bin/prlimit"
-SETPRIV = "/usr/bin/setpriv"
 SH = "/bin/sh"
 SANDBOX_ROOT = "/exec/root"  # the same for every action: outputs that embed it stay reproducible
 SYSTEM_DIRS = ("/usr", "/etc")
@@ -67,13 +69,6 @@ SECRETS = (
 )
 # How often the bytes an action wrote are measured, at least (a large tree is measured less often).
 WATCH_SECONDS = 0.5
-# Joins every cgroup named before `--`, sets the per-process rlimits given as $1..$3 (open
-# files, file size in 512-byte blocks as POSIX `ulimit -f` counts, core files off), then runs
-# what follows: one shell instead of a shell and prlimit.
-_JOIN = (
-    'n=$1 f=$2; shift 2; while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; '
-    'ulimit -n "$n" && ulimit -f "$f" && ulimit -c 0 || exit 125; exec "$@"'
-)
 
 
 def group_prefix(pid: int) -> str:
@@ -95,6 +90,7 @@ class Sandbox:
     uid: int | None = None  # None: the worker's own (a worker that is not root)
     gid: int | None = None
     controllers: cgroups.Controllers | None = None
+    starter: str = ""  # sandbox-exec, the chain's first program
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -121,13 +117,19 @@ def setup(exec_dir: Path) -> Sandbox:
             "bubblewrap (bwrap) is not installed: `apt-get install bubblewrap`, "
             "or set REAPI_SANDBOX=off to run actions unsandboxed on purpose"
         )
+    try:
+        starter = sandbox_exec.program()
+    except sandbox_exec.BuildFailed as exc:
+        raise SandboxUnavailable(
+            f"{exc}, or set REAPI_SANDBOX=off to run actions unsandboxed on purpose"
+        ) from None
     if os.geteuid() == 0:
         uid, gid = settings.REAPI_SANDBOX_UID, settings.REAPI_SANDBOX_GID
         if uid == 0 or gid == 0:
             raise SandboxUnavailable("REAPI_SANDBOX_UID and REAPI_SANDBOX_GID must not be 0")
-        sandbox = Sandbox(True, bwrap, uid, gid, cgroups.Controllers.find())
+        sandbox = Sandbox(True, bwrap, uid, gid, cgroups.Controllers.find(), starter)
     else:
-        sandbox = Sandbox(True, bwrap, None, None, cgroups.Controllers.find())
+        sandbox = Sandbox(True, bwrap, None, None, cgroups.Controllers.find(), starter)
     _probe(sandbox, exec_dir)
     log.info("actions run %s", sandbox.describe())
     return sandbox
@@ -154,6 +156,7 @@ def _probe(sandbox: Sandbox, exec_dir: Path) -> None:
             {},
             60,
             threading.Event(),
+            keep_ready=False,
         )
         if outcome.exit_code != 0:
             stderr = (base / "stderr").read_text(errors="replace").strip()
@@ -205,53 +208,134 @@ def run(
     timeout: float,
     cancelled: threading.Event,
     input_bytes: int = 0,
+    keep_ready: bool = True,
 ) -> tuple[process.Outcome, str]:
     """Run the command with `base/root` as its input root and `workdir` (relative to it) as its
     working directory; stdout and stderr go to `base/stdout` and `base/stderr`. Returns the
-    outcome and, when a limit ended it, a sentence saying which (also appended to stderr)."""
+    outcome and, when a limit ended it, a sentence saying which (also appended to stderr).
+    `keep_ready`: start the next action's sandbox-exec with these limits meanwhile."""
     check_command(argv, env)
     root, stdout, stderr = base / "root", base / "stdout", base / "stderr"
     if not sandbox.enabled:
         log.warning("action %s runs UNSANDBOXED (REAPI_SANDBOX=off)", name)
         outcome = process.run(argv, root / workdir, env, stdout, stderr, timeout, cancelled, base / "pgid")
         return outcome, ""
-    with _group(sandbox, name, limits) as group:
-        chain = _chain(sandbox, group, limits, network, root, workdir, argv, env)
-        watch = _OutputWatch(base, limits.output, input_bytes)
+    watch = _OutputWatch(base, limits.output, input_bytes)
+    if sandbox.controllers is None:
+        chain = [
+            *_first_step(sandbox, limits, with_group=False),
+            *_sandbox(sandbox, limits, network, root, workdir, argv, env),
+        ]
         outcome = process.run(
-            chain,
-            None,
-            {},
-            stdout,
-            stderr,
-            timeout,
-            cancelled,
-            base / "pgid",
-            watch=watch.check,
+            chain, None, {}, stdout, stderr, timeout, cancelled, base / "pgid", watch=watch.check
         )
-        message = _explain(outcome, limits, group, watch)
+        message = _explain(outcome, limits, None, watch)
+    else:
+        # sandbox-exec opens them itself; they exist whatever becomes of it.
+        stdout.write_bytes(b"")
+        stderr.write_bytes(b"")
+        standby = _standbys.take(sandbox, limits)
+        try:
+            request = [str(stdout), str(stderr), *_first_step(sandbox, limits, with_group=True)[1:]]
+            request += _sandbox(sandbox, limits, network, root, workdir, argv, env)
+            standby.hand_over(request)
+            if keep_ready:
+                # The next action's, in its cgroups while this one runs (see sandbox_exec.c).
+                _standbys.prepare(sandbox, limits)
+            outcome = process.supervise(standby.proc, timeout, cancelled, base / "pgid", watch=watch.check)
+            message = _explain(outcome, limits, standby.group, watch)
+        finally:
+            standby.group.remove()
     if message:
         with open(stderr, "ab") as f:
             f.write(f"\n[remote sandbox] {message}\n".encode())
     return outcome, message
 
 
-@contextlib.contextmanager
-def _group(sandbox: Sandbox, name: str, limits: Limits) -> Iterator[cgroups.ActionGroup | None]:
-    if sandbox.controllers is None:
-        yield None
-        return
-    group = sandbox.controllers.group(name)
-    group.create(limits.memory, limits.pids)
-    try:
-        yield group
-    finally:
-        group.remove()
+@dataclass
+class _Standby:
+    """sandbox-exec --standby in an action's cgroups, waiting for the rest of its launch."""
+
+    group: cgroups.ActionGroup
+    proc: subprocess.Popen[bytes]
+
+    def hand_over(self, request: list[str]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write("".join(f"{field}\0" for field in request).encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it failed to join its cgroups (its message is in the worker's log): exit 125
 
 
-def _chain(
+class _Standbys:
+    """sandbox-exec processes started ahead of the actions that will use them."""
+
+    def __init__(self) -> None:
+        self._ready: dict[Limits, list[_Standby]] = {}
+        self._lock = threading.Lock()
+        self._serial = itertools.count()
+
+    def take(self, sandbox: Sandbox, limits: Limits) -> _Standby:
+        with self._lock:
+            ready = self._ready.get(limits)
+            if ready:
+                return ready.pop()
+        return self._start(sandbox, limits)
+
+    def prepare(self, sandbox: Sandbox, limits: Limits) -> None:
+        standby = self._start(sandbox, limits)
+        with self._lock:
+            self._ready.setdefault(limits, []).append(standby)
+
+    def release(self) -> None:
+        """End the ones waiting (a closed stdin ends them) and remove their cgroups."""
+        with self._lock:
+            waiting = [standby for ready in self._ready.values() for standby in ready]
+            self._ready.clear()
+        for standby in waiting:
+            standby.hand_over([])
+            standby.proc.wait()
+            standby.group.remove()
+
+    def _start(self, sandbox: Sandbox, limits: Limits) -> _Standby:
+        assert sandbox.controllers is not None
+        group = sandbox.controllers.group(f"{group_prefix(os.getpid())}next-{next(self._serial)}")
+        group.create(limits.memory, limits.pids)
+        try:
+            proc = subprocess.Popen(
+                [sandbox.starter, "--standby", *group.procs_files()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                env={},
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            group.remove()
+            raise
+        return _Standby(group, proc)
+
+
+_standbys = _Standbys()
+
+
+def release_standbys() -> None:
+    """At a worker's end: no sandbox-exec or cgroup of its own is left behind."""
+    _standbys.release()
+
+
+def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool) -> list[str]:
+    """sandbox-exec and its arguments up to `--`. Open files and file size are per process, core
+    files off; without a cgroup, per-process limits on memory and processes are the best there
+    is."""
+    memory, pids = ("-", "-") if with_group else (str(limits.memory), str(limits.pids))
+    uid, gid = (str(sandbox.owner[0]), str(sandbox.owner[1])) if sandbox.owner else ("-", "-")
+    return [sandbox.starter, str(limits.nofile), str(limits.file_size), memory, pids, uid, gid, "--"]
+
+
+def _sandbox(
     sandbox: Sandbox,
-    group: cgroups.ActionGroup | None,
     limits: Limits,
     network: bool,
     root: Path,
@@ -259,28 +343,19 @@ def _chain(
     argv: list[str],
     env: dict[str, str],
 ) -> list[str]:
-    if group is not None:
-        blocks = max(limits.file_size // 512, 1)
-        chain = [SH, "-c", _JOIN, "sh", str(limits.nofile), str(blocks), *group.procs_files(), "--"]
-    else:
-        # Without a cgroup, per-process limits are the best there is (prlimit sets them all).
-        chain = [
-            PRLIMIT,
-            f"--nofile={limits.nofile}",
-            f"--fsize={limits.file_size}",
-            "--core=0",
-            f"--as={limits.memory}",
-            f"--nproc={limits.pids}",
-            "--",
-        ]
-    if sandbox.owner:
-        uid, gid = sandbox.owner
-        chain += [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all", "--"]
-    chain += [sandbox.bwrap, *bwrap_options(limits, network, root, workdir, env)]
+    """bwrap and what it runs: the shell shim, then the command."""
     # The shell exports PWD of its own accord; the command gets exactly its environment.
     shim = 'exec "$@"' if "PWD" in env else 'unset PWD; exec "$@"'
-    chain += ["--", SH, "-c", shim, "sh", *argv]
-    return chain
+    return [
+        sandbox.bwrap,
+        *bwrap_options(limits, network, root, workdir, env),
+        "--",
+        SH,
+        "-c",
+        shim,
+        "sh",
+        *argv,
+    ]
 
 
 def bwrap_options(limits: Limits, network: bool, root: Path, workdir: str, env: dict[str, str]) -> list[str]:
