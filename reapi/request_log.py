@@ -163,10 +163,9 @@ class BatchingHandler(logging.Handler):
         self._lines.append(line)
 
     def flush(self) -> None:
-        lines = []
-        with contextlib.suppress(IndexError):
-            while True:
-                lines.append(self._lines.popleft())
+        pending = self._lines
+        # popleft as many as are there now; lines added meanwhile wait for the next flush.
+        lines = [pending.popleft() for _ in range(len(pending))]
         if lines:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()

@@ -148,6 +148,7 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
     batches = request_log.write_in_batches(sys.stderr)
     readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
     metrics.ENABLED = bool(metrics_listen or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    folding = metrics.fold_every(0.5) if metrics.ENABLED else None
     if metrics_listen:
         metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
     # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
@@ -178,5 +179,7 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
         log.info("draining for %d s before stopping", settings.REAPI_DRAIN_SECONDS)
         threading.Event().wait(settings.REAPI_DRAIN_SECONDS)
     server.stop(grace=5).wait()
+    if folding is not None:
+        folding.set()
     flusher.stop()
     batches.close()

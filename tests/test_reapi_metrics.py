@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -71,6 +72,26 @@ def scrape(listen: str) -> Samples:
     return out
 
 
+def settled(listen: str) -> Samples:
+    """A scrape once the counts stop moving. Each server process folds what its threads counted
+    into its metrics every half second (reapi.metrics), so a scrape of `reapi serve --processes
+    N` may trail the last calls by that much; two scrapes more than a fold apart that agree have
+    it all."""
+    last = [(scrape(listen), time.monotonic())]
+
+    def steady() -> Samples | None:
+        before, at = last[0]
+        if time.monotonic() - at < 0.6:
+            return None
+        now = scrape(listen)
+        if total(now, "grpc_server_handled_total") == total(before, "grpc_server_handled_total"):
+            return now
+        last[0] = (now, time.monotonic())
+        return None
+
+    return wait_for(steady)  # type: ignore[no-any-return]
+
+
 def total(samples: Samples, name: str, **labels: str) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
@@ -87,7 +108,7 @@ def test_the_scrape_counts_what_a_cold_and_a_warm_bazel_build_did(
     server, listen = metered
     pat = acme.pat(acme.developer)
     sizes = genrule_sizes(12, largest=256 * 1024)
-    before = scrape(listen)
+    before = settled(listen)
     with bazel_in(tmp_path) as bazel:
         targets = write_workspace(bazel.workspace, sizes, salt=acme.slug)
         flags = (f"--remote_cache={server.url}", f"--remote_header=X-Aspect={pat}")
@@ -98,7 +119,7 @@ def test_the_scrape_counts_what_a_cold_and_a_warm_bazel_build_did(
         assert warm.returncode == 0, warm.output
     hits = warm.processes.get("remote cache hit")
     assert hits == len(targets), warm.output
-    after = scrape(listen)
+    after = settled(listen)
 
     assert delta(before, after, "reapi_action_cache_requests_total", result="hit") == hits
     assert delta(before, after, "reapi_action_cache_requests_total", result="miss") == len(targets)
@@ -149,13 +170,13 @@ def test_one_scrape_adds_up_the_calls_of_both_server_processes(
 ) -> None:
     server, listen = metered
     pat = acme.pat(acme.developer)
-    before = scrape(listen)
+    before = settled(listen)
     # Each channel is a connection of its own, which SO_REUSEPORT gives either process.
     for _ in range(24):
         with server.channel() as channel:
             stub = re_grpc.CapabilitiesStub(channel)
             stub.GetCapabilities(re_pb2.GetCapabilitiesRequest(), metadata=(("x-aspect", pat),))
-    after = scrape(listen)
+    after = settled(listen)
     method = {"grpc_method": "GetCapabilities", "grpc_code": "OK"}
     assert delta(before, after, "grpc_server_handled_total", **method) == 24
 
@@ -165,7 +186,7 @@ def test_the_log_line_of_a_failed_call_carries_the_request_id_its_client_was_sho
 ) -> None:
     server, listen = metered
     pat = acme.pat(acme.developer)
-    before = scrape(listen)
+    before = settled(listen)
     with server.channel() as channel:
         client = Client(channel, pat, acme.slug)
         filler = disk / "filler"
@@ -200,7 +221,7 @@ def test_the_log_line_of_a_failed_call_carries_the_request_id_its_client_was_sho
     assert "code=RESOURCE_EXHAUSTED" in line
     assert f"tenant={acme.slug}" in line
     assert pat not in line
-    after = scrape(listen)
+    after = settled(listen)
     assert (
         delta(before, after, "grpc_server_handled_total", grpc_method="Write", grpc_code="RESOURCE_EXHAUSTED")
         == 1
