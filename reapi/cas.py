@@ -111,18 +111,19 @@ class Cas:
         `verify` asks an indexed store to check with storage itself (BlobStore.stat_many).
         """
         now = time.time()
-        # The layouts of presence.entry over digests.cas_key, built inline: a call per digest
-        # costs 15% here.
-        entries = [f"{tenant}/cas/{h[:2]}/{h}#{size}" for h, size in zip(hashes, sizes, strict=True)]
+        # The layout of digests.cas_key, built inline: a call per digest costs 15% here.
+        keys = [f"{tenant}/cas/{h[:2]}/{h}" for h in hashes]
         unknown = [
-            i for i in self.presence.unknown(entries, now) if sizes[i] != 0 or hashes[i] != digests.EMPTY_HASH
+            i
+            for i in self.presence.unknown(keys, sizes, now)
+            if sizes[i] != 0 or hashes[i] != digests.EMPTY_HASH
         ]
         if not unknown:
             return []
-        keys = {i: f"{tenant}/cas/{hashes[i][:2]}/{hashes[i]}" for i in unknown}
-        found = self.store.stat_many(list(keys.values()), verify=verify)
+        found = self.store.stat_many([keys[i] for i in unknown], verify=verify)
         missing = []
-        for i, key in keys.items():
+        for i in unknown:
+            key = keys[i]
             st = found.get(key)
             if st is None or st[0] != sizes[i]:
                 missing.append(i)

@@ -31,30 +31,30 @@ MAX_ENTRIES = 2_000_000
 FLUSH_SECONDS = 5.0
 
 
-def entry(key: str, size: int) -> str:
-    """How a blob is remembered: its storage key and its size."""
-    return f"{key}#{size}"
-
-
 class Presence:
     def __init__(self, store: "BlobStore") -> None:
         self.store = store
-        # entry(key, size) -> when this process last confirmed it.
-        self._seen: dict[str, float] = {}
+        # Storage key -> (the size it was seen with, when this process last confirmed it). A
+        # key holds one blob, so one size: a digest naming it with another size is not it.
+        self._seen: dict[str, tuple[int, float]] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
 
     def known(self, key: str, size: int, now: float) -> bool:
-        seen = self._seen.get(entry(key, size))
-        return seen is not None and now - seen < TRUST_SECONDS
+        seen = self._seen.get(key)
+        return seen is not None and seen[0] == size and now - seen[1] < TRUST_SECONDS
 
-    def unknown(self, entries: Sequence[str], now: float) -> list[int]:
-        """Indices of the blobs (each given as its `entry`) this process cannot vouch for,
-        one dict lookup each: FindMissingBlobs asks about 10,000 a call."""
+    def unknown(self, keys: Sequence[str], sizes: Sequence[int], now: float) -> list[int]:
+        """Indices of the blobs (storage key and size) this process cannot vouch for, one dict
+        lookup each: FindMissingBlobs asks about 10,000 a call."""
         get = self._seen.get
         horizon = now - TRUST_SECONDS
-        return [i for i, e in enumerate(entries) if (seen := get(e)) is None or seen <= horizon]
+        return [
+            i
+            for i, key in enumerate(keys)
+            if (seen := get(key)) is None or seen[0] != sizes[i] or seen[1] <= horizon
+        ]
 
     def confirm(self, key: str, size: int, touched_at: float | None, now: float) -> None:
         """Record that `key` exists with `size` bytes; `touched_at` is its last touch in
@@ -62,9 +62,8 @@ class Presence:
         seen = self._seen
         if len(seen) >= MAX_ENTRIES:
             self._shrink()
-        remembered = entry(key, size)
-        seen.pop(remembered, None)
-        seen[remembered] = now
+        seen.pop(key, None)
+        seen[key] = (size, now)
         if touched_at is None or now - touched_at > TRUST_SECONDS:
             self._schedule_touch([key])
 
@@ -75,10 +74,13 @@ class Presence:
         if len(seen) >= MAX_ENTRIES:
             self._shrink()
         for key, size in blobs:
-            seen[entry(key, size)] = now
+            seen[key] = (size, now)
 
     def forget(self, key: str, size: int) -> None:
-        self._seen.pop(entry(key, size), None)
+        """`key` was not found with `size` bytes: what was remembered of it with that size goes."""
+        seen = self._seen.get(key)
+        if seen is not None and seen[0] == size:
+            self._seen.pop(key, None)
 
     def clear(self) -> None:
         self._seen.clear()
