@@ -22,7 +22,6 @@ ours, or when a server could not be measured.
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import shlex
@@ -43,6 +42,7 @@ sys.path.insert(1, str(BENCH))
 import bazel_profile  # noqa: E402
 import bazel_workspace  # noqa: E402
 import proc_cpu  # noqa: E402
+import result_files  # noqa: E402
 import servers  # noqa: E402
 import text_table  # noqa: E402
 
@@ -518,26 +518,20 @@ def main() -> int:
         banner = "!" * 78
         log(f"\n{banner}\n{label.upper()} WAS NOT MEASURED: {why[:3000]}\n{banner}")
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / time.strftime("bazel-%Y%m%d-%H%M%S.json")
-    out.write_text(
-        json.dumps(
-            {
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "seconds": round(time.time() - started, 1),
-                "cores": os.cpu_count(),
-                "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "actions": args.actions,
-                "largest_output_bytes": args.largest_kib * 1024,
-                "rounds": args.rounds,
-                "bazel_flags": extra_flags,
-                "servers": {s.label: {"rounds": s.rounds, "error": s.error} for s in subjects},
-                "not_measured": dict(unmeasured),
-                "targets": [c.__dict__ for c in found],
-            },
-            indent=2,
-        )
-        + "\n"
+    out = result_files.write(
+        args.results,
+        "bazel",
+        started,
+        load_before,
+        {
+            "actions": args.actions,
+            "largest_output_bytes": args.largest_kib * 1024,
+            "rounds": args.rounds,
+            "bazel_flags": extra_flags,
+            "servers": {s.label: {"rounds": s.rounds, "error": s.error} for s in subjects},
+            "not_measured": dict(unmeasured),
+            "targets": [c.__dict__ for c in found],
+        },
     )
     log(f"results: {out} ({time.time() - started:.0f} s in all)")
     missed = [c for c in found if c.verdict == "FAIL"]

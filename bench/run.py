@@ -13,7 +13,6 @@ measured or a target was missed by every process count measured.
 """
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -25,6 +24,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(1, str(BENCH))
 
+import result_files  # noqa: E402
 import servers  # noqa: E402
 import text_table  # noqa: E402
 import workloads  # noqa: E402
@@ -249,28 +249,21 @@ def main() -> int:
         banner = "!" * 78
         log(f"\n{banner}\nBUILDGRID WAS NOT MEASURED: {bg_error}\n{banner}")
 
-    results_dir = BENCH / "results"
-    results_dir.mkdir(exist_ok=True)
-    out = results_dir / time.strftime("reapi-%Y%m%d-%H%M%S.json")
-    out.write_text(
-        json.dumps(
-            {
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "seconds": round(time.time() - started, 1),
-                "cores": os.cpu_count(),
-                "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "quick": args.quick,
-                "cluster": args.cluster,
-                "mode": args.mode or "independent",
-                "ci_accepts": args.ci_accepts or "all",
-                "ours": columns,
-                "buildgrid": {"version": bg_version, "results": buildgrid, "error": bg_error},
-                "bare_grpcio": bare,
-                "targets_missed_by_every_process_count": missed,
-            },
-            indent=2,
-        )
-        + "\n"
+    out = result_files.write(
+        BENCH / "results",
+        "reapi",
+        started,
+        load_before,
+        {
+            "quick": args.quick,
+            "cluster": args.cluster,
+            "mode": args.mode or "independent",
+            "ci_accepts": args.ci_accepts or "all",
+            "ours": columns,
+            "buildgrid": {"version": bg_version, "results": buildgrid, "error": bg_error},
+            "bare_grpcio": bare,
+            "targets_missed_by_every_process_count": missed,
+        },
     )
     log(f"results: {out.relative_to(BENCH.parent)} ({time.time() - started:.0f} s in all)")
     return 0 if not missed and not bg_error else 1
