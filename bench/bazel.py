@@ -22,8 +22,6 @@ ours, or when a server could not be measured.
 
 import argparse
 import hashlib
-import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -436,12 +434,8 @@ def main() -> int:
         log("bazel is not installed: `make test-deps` installs Debian's bazel-bootstrap")
         return 1
 
-    started = time.time()
     workdir = servers.workdir()
-    log(f"bench: data in {workdir}; {os.cpu_count()} cores, Python {platform.python_version()}")
-    load_before = os.getloadavg()[0]
-    if load_before > 0.5:
-        log(f"warning: load average {load_before:.2f} before the run: other work shares these cores")
+    started, load_before = result_files.begin(workdir, log)
 
     subjects: list[Subject] = []
     unmeasured: list[tuple[str, str]] = []  # (server, why)

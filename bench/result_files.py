@@ -3,9 +3,20 @@ it took and how busy the machine was (the figures mean little without that)."""
 
 import json
 import os
+import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def begin(workdir: Path, log: Callable[[str], None]) -> tuple[float, float]:
+    """Say where the run keeps its data and how busy the machine is; (start time, load)."""
+    log(f"bench: data in {workdir}; {os.cpu_count()} cores, Python {platform.python_version()}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        log(f"warning: load average {load:.2f} before the run: other work shares these cores")
+    return time.time(), load
 
 
 def write(directory: Path, kind: str, started: float, load_before: float, fields: dict[str, Any]) -> Path:

@@ -13,8 +13,6 @@ measured or a target was missed by every process count measured.
 """
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import time
@@ -206,12 +204,8 @@ def main() -> int:
     if not args.workloads or set(args.workloads) - set(workloads.WORKLOADS):
         parser.error(f"--workloads takes {', '.join(workloads.WORKLOADS)}")
 
-    started = time.time()
     workdir = servers.workdir()
-    log(f"bench: data in {workdir}; {os.cpu_count()} cores, Python {platform.python_version()}")
-    load_before = os.getloadavg()[0]
-    if load_before > 0.5:
-        log(f"warning: load average {load_before:.2f} before the run: other work shares these cores")
+    started, load_before = result_files.begin(workdir, log)
     columns: dict[str, list[dict]] = {}
     buildgrid: list[dict] | None = None
     bare: list[dict] | None = None
