@@ -21,14 +21,14 @@ the database:
 
 import itertools
 import logging
-import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from portal.rates import Rate
 from reapi import metrics
 from reapi.errors import RateLimited
+from reapi.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +39,6 @@ WARN_INTERVAL_SECONDS = 10.0
 # Past this many credentials, those idle for IDLE_SECONDS with no stream open are forgotten.
 PRUNE_ABOVE = 10_000
 IDLE_SECONDS = 60.0
-
-
-class Tally:
-    """Counts by label without a shared lock: each thread adds to a dict only it writes, and a
-    reader (a metrics endpoint, rarely) sums them."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._shards: list[dict[Hashable, int]] = []
-
-    def add(self, label: Hashable) -> None:
-        shard: dict[Hashable, int] | None = getattr(self._local, "shard", None)
-        if shard is None:
-            shard = self._local.shard = {}
-            self._shards.append(shard)
-        shard[label] = shard.get(label, 0) + 1
-
-    def totals(self) -> dict[Hashable, int]:
-        out: dict[Hashable, int] = {}
-        for shard in list(self._shards):
-            for label, count in dict(shard).items():
-                out[label] = out.get(label, 0) + count
-        return out
 
 
 # Calls refused for a credential's limits, by (tenant slug, "rate" or "streams"): what a

@@ -1,0 +1,30 @@
+"""Counts added by many threads without a lock: each thread adds to a dict only it writes, and a
+reader (a scrape, a fold into the metrics) sums them. Adding is a dict update; reading is rare."""
+
+import threading
+from collections.abc import Hashable
+
+
+class Tally:
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._shards: list[dict[Hashable, float]] = []
+
+    def shard(self) -> dict[Hashable, float]:
+        """This thread's own counts (made on its first use): add to it directly on a hot path."""
+        shard: dict[Hashable, float] | None = getattr(self._local, "shard", None)
+        if shard is None:
+            shard = self._local.shard = {}
+            self._shards.append(shard)
+        return shard
+
+    def add(self, key: Hashable, amount: float = 1) -> None:
+        shard = self.shard()
+        shard[key] = shard.get(key, 0) + amount
+
+    def totals(self) -> dict[Hashable, float]:
+        out: dict[Hashable, float] = {}
+        for shard in list(self._shards):
+            for key, count in dict(shard).items():  # a copy: its thread goes on adding
+                out[key] = out.get(key, 0) + count
+        return out
