@@ -39,6 +39,11 @@ class Digest:
 EMPTY = Digest(EMPTY_HASH, 0)
 
 
+def is_empty(d: Digest) -> bool:
+    """`d == EMPTY`, without the dataclass's tuple-building __eq__ (once a blob in batches)."""
+    return d.size == 0 and d.hash == EMPTY_HASH
+
+
 def check(hash_: str, size: int) -> Digest:
     if not HASH_RE.fullmatch(hash_):
         raise InvalidArgument(f"digest hash {hash_[:80]!r} is not 64 lowercase hex characters (SHA-256)")

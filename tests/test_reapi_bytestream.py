@@ -33,6 +33,19 @@ def test_it_writes_in_chunks_and_reads_back_ranges(client: Client) -> None:
     assert client.read(d, offset=len(data)) == b""
 
 
+def test_ranges_of_a_small_blob_read_back_as_asked(client: Client) -> None:
+    # Small blobs are served whole from one `get` (reapi.cas.SMALL_READ_BYTES): the same ranges.
+    data = os.urandom(3000)
+    client.upload(data)
+    d = digest(data)
+    assert client.read(d) == data
+    assert client.read(d, offset=1000) == data[1000:]
+    assert client.read(d, offset=1000, limit=10) == data[1000:1010]
+    assert client.read(d, offset=2990, limit=100) == data[2990:]
+    assert client.read(d, offset=len(data)) == b""
+    assert client.read(d, limit=1) == data[:1]
+
+
 def test_a_read_beyond_the_end_is_out_of_range(client: Client) -> None:
     data = os.urandom(100)
     client.upload(data)
