@@ -7,6 +7,7 @@ how late a revocation, an expiry, a cache-mode or a rate-limit change reaches a 
 """
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,14 +77,17 @@ class CredentialCache:
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, Principal | Unauthenticated]] = {}
+        # key -> (monotonic deadline, what the check found, its expiry as a POSIX time or inf)
+        self._entries: dict[str, tuple[float, Principal | Unauthenticated, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str, now: float) -> Principal | Unauthenticated | None:
+        entry = self._live(key, now)
+        return entry[1] if entry is not None else None
+
+    def _live(self, key: str, now: float) -> tuple[float, Principal | Unauthenticated, float] | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
-            return None
-        return entry[1]
+        return entry if entry is not None and entry[0] > now else None
 
     def principal(
         self,
@@ -96,26 +100,34 @@ class CredentialCache:
         cached too; one it raises is not); Unauthenticated with `expired(principal)` past its
         expiry, Unavailable when `store` (the database holding credentials) fails."""
         now = time.monotonic()
-        cached = self.get(key, now)
-        if cached is None:
+        entry = self._live(key, now)
+        if entry is None:
             try:
-                cached = check()
+                found = check()
             except DatabaseError:
                 log.exception("%s lookup failed", store)
                 raise Unavailable("the credential store is unreachable; retry shortly") from None
-            self.put(key, cached, now)
+            entry = self.put(key, found, now)
+        _deadline, cached, expires = entry
         if isinstance(cached, Unauthenticated):
             raise cached
-        if cached.expires_at is not None and cached.expires_at <= timezone.now():
+        # The expiry kept as a POSIX time: one comparison with time.time(), where
+        # timezone.now() and a datetime comparison are Python code on every call.
+        if expires <= time.time():
             raise Unauthenticated(expired(cached))
         return cached
 
-    def put(self, key: str, value: Principal | Unauthenticated, now: float) -> None:
+    def put(
+        self, key: str, value: Principal | Unauthenticated, now: float
+    ) -> tuple[float, Principal | Unauthenticated, float]:
+        expires_at = value.expires_at if isinstance(value, Principal) else None
+        entry = (now + self.ttl, value, math.inf if expires_at is None else expires_at.timestamp())
         with self._lock:
             self._entries.pop(key, None)  # put back at the end, where its expiry now belongs
             while len(self._entries) >= self.max_entries:
                 del self._entries[next(iter(self._entries))]
-            self._entries[key] = (now + self.ttl, value)
+            self._entries[key] = entry
+        return entry
 
 
 _cache = CredentialCache(settings.REAPI_CREDENTIAL_TTL_SECONDS)

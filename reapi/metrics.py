@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-import grpc
 from django.conf import settings
 from prometheus_client import Counter, Histogram
 
@@ -161,12 +160,13 @@ class Method:
         self.labels = (grpc_type, service, name)
         self.started = _Tallied(STARTED.labels(*self.labels))
         self.handling = HANDLING.labels(*self.labels)
-        self.handled: dict[grpc.StatusCode, Any] = {}
+        self.handled: dict[str, Any] = {}  # by the code's name
 
-    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+    def done(self, code: str, seconds: float) -> None:
+        """One call ended with the status code named `code` (e.g. "OK") after `seconds`."""
         child = self.handled.get(code)
         if child is None:
-            child = self.handled[code] = HANDLED.labels(*self.labels, code.name)
+            child = self.handled[code] = HANDLED.labels(*self.labels, code)
         shard = _TALLY.shard()
         shard[child] = shard.get(child, 0) + 1
         _observe(shard, self.handling, seconds)
@@ -181,7 +181,7 @@ class Uncounted:
 
     started = _Nothing()
 
-    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+    def done(self, code: str, seconds: float) -> None:
         pass
 
 

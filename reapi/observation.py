@@ -61,6 +61,9 @@ def observed(
     return run
 
 
+_OK = grpc.StatusCode.OK
+
+
 def _done(
     counters: metrics.Method | metrics.Uncounted,
     context: grpc.ServicerContext,
@@ -73,13 +76,16 @@ def _done(
 ) -> None:
     seconds = time.perf_counter() - start
     # An abort (every error of ours) set the code; an exception past it is grpcio's UNKNOWN.
-    code = context.code() or failure or grpc.StatusCode.OK  # type: ignore[attr-defined]
-    counters.done(code, seconds)
-    if logged and request_log.enabled(code.name):
-        details = context.details() if code is not grpc.StatusCode.OK else b""  # type: ignore[attr-defined]
+    code = context.code() or failure or _OK  # type: ignore[attr-defined]
+    # StatusCode's name and hash are Python-level enum code: a successful call, most of them,
+    # takes neither.
+    name = "OK" if code is _OK else code.name
+    counters.done(name, seconds)
+    if logged and request_log.enabled(name):
+        details = context.details() if code is not _OK else b""  # type: ignore[attr-defined]
         request_log.call_done(
             method,
-            code.name,
+            name,
             seconds,
             call.bytes,
             who,

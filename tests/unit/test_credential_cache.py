@@ -1,8 +1,14 @@
 """The credential cache: an entry lives its TTL, the cache never holds more than its bound,
 and a full cache drops the entry that would expire first."""
 
-from reapi.auth import CredentialCache
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from reapi.auth import CredentialCache, Principal
 from reapi.errors import Unauthenticated
+from reapi.limits import Caller
 
 
 def refused(n: int) -> Unauthenticated:
@@ -35,3 +41,30 @@ def test_an_entry_put_again_lives_from_then_and_is_dropped_last() -> None:
     assert cache.get("b", now=103.0) is None
     assert str(cache.get("a", now=131.0)) == "token 3"
     assert cache.get("c", now=103.0) is not None
+
+
+def _member(expires_at: datetime | None) -> Principal:
+    return Principal(
+        tenant="acme",
+        tenant_id=1,
+        cache_mode="independent",
+        user_id=1,
+        username="ann",
+        scopes=frozenset({"cas:read"}),
+        expires_at=expires_at,
+        caller=Caller(key="pat:1", tenant="acme", label="token aw_pat_x…", rate=None),
+    )
+
+
+def test_a_cached_principal_past_its_expiry_is_refused_within_the_ttl() -> None:
+    cache = CredentialCache(ttl=30)
+    soon = datetime.now(UTC) + timedelta(seconds=0.2)
+    lasting, ending = _member(None), _member(soon)
+    assert cache.principal("never", lambda: lasting, lambda who: "expired", "token") is lasting
+    assert cache.principal("soon", lambda: ending, lambda who: "expired", "token") is ending
+    while datetime.now(UTC) <= soon:
+        time.sleep(0.05)
+    # Still within the cache's TTL, so no new check: the expiry kept with the entry refuses it.
+    with pytest.raises(Unauthenticated, match="expired"):
+        cache.principal("soon", lambda: pytest.fail("checked again"), lambda who: "expired", "token")
+    assert cache.principal("never", lambda: pytest.fail("checked again"), lambda who: "x", "token") is lasting
