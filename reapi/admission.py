@@ -22,6 +22,9 @@ from reapi.observation import observed
 # reapi_auth_failures_total's reason for what authenticating raised.
 _AUTH_REASONS: dict[type, str] = {Unauthenticated: "unauthenticated", Unavailable: "credential_store"}
 
+# Admitted handlers kept for reuse (AuthInterceptor._made), at most.
+MADE_HANDLERS = 4096
+
 # What a stream needs to take one of its credential's slots (None: not a stream).
 Slot = tuple[Limiter, Credential] | None
 
@@ -40,6 +43,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.limiter = limiter
         self.max_queued = max_queued
         self.routes = pools.routes()
+        # (method, id(principal), id(limiter state)) -> (principal, state, handler): see below.
+        self._made: dict[
+            tuple[str, int, int], tuple[auth.Principal, Credential | None, grpc.RpcMethodHandler]
+        ] = {}
 
     def intercept_service(
         self,
@@ -77,14 +84,27 @@ class AuthInterceptor(grpc.ServerInterceptor):
             slot = self._admit(who, method)
         except ReapiError as err:
             return self._refusal(err, handler, method, who)
+        # The handler made for this method, principal and stream-limit state before, while the
+        # credential cache keeps serving the same Principal object: wrapping anew costs eight
+        # calls of Python code per RPC. Keyed by identity and checked, so a principal or a
+        # limiter state made again (a new check, a pruned bucket) gets a handler of its own.
+        state = slot[1] if slot is not None else None
+        key = (method, id(who), id(state))
+        made = self._made.get(key)
+        if made is not None and made[0] is who and made[1] is state:
+            return made[2]
         principal_of = who
-        return _replace_behaviour(
+        admitted = _replace_behaviour(
             handler,
             lambda inner, streams: _with_principal(inner, principal_of, streams, slot),
             pool,
             method,
             who,
         )
+        if len(self._made) >= MADE_HANDLERS:
+            self._made.clear()  # cheap to make again
+        self._made[key] = (who, state, admitted)
+        return admitted
 
     def _admit(self, who: auth.Principal, method: str) -> Slot:
         """Take a token from the credential's bucket; for a stream, what it needs for a slot."""

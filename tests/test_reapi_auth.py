@@ -167,3 +167,20 @@ def test_health_needs_no_credential(external_server: ReapiServer) -> None:
         health_pb2.HealthCheckRequest(service="build.bazel.remote.execution.v2.ContentAddressableStorage")
     )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_calls_of_two_tenants_interleaved_on_one_channel_each_reach_only_their_own(
+    external_server: ReapiServer, acme: Persona, globex: Persona
+) -> None:
+    # The edge reuses what it made for a method and a principal (reapi.admission): the next
+    # call of another credential, on the same connection, must not get the one before's.
+    channel = external_server.channel()
+    ours, theirs = Client(channel, acme.pat()), Client(channel, globex.pat())
+    mine, other = b"acme's own blob", b"globex's own blob"
+    ours.upload(mine)
+    theirs.upload(other)
+    for _ in range(20):
+        assert ours.missing(digest(mine), digest(other)) == [digest(other)]
+        assert theirs.missing(digest(mine), digest(other)) == [digest(mine)]
+        assert ours.read(digest(mine)) == mine
+        assert rpc_error(lambda: theirs.read(digest(mine))).code() == grpc.StatusCode.NOT_FOUND
