@@ -112,7 +112,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         usage.add(principal(), self.cluster, usage.STORED, stored)
         meta = request_metadata.of_call(context)
         invocations.add(principal(), self.cluster, meta, invocations.UP, stored)
-        metrics.cas(self.cluster, "write", stored, sum(1 for err in results if err is None))
+        metrics.cas(self.cluster, "write", stored, results.count(None))
         ok = rpc_status(None)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
@@ -132,10 +132,11 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         wanted = list(request.digests)
         results = backend.cas.batch_read(tenant, [digest_or_error(d) for d in wanted])
         responses = []
-        served = 0
+        served = failed = 0
         ok = rpc_status(None)
         for d, result in zip(wanted, results, strict=True):
             if isinstance(result, ReapiError):
+                failed += 1
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=d, status=rpc_status(result)))
             elif zstd and (packed := compression.compress_if_smaller(result)) is not None:
                 served += len(packed)
@@ -150,7 +151,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
         usage.add(principal(), self.cluster, usage.SERVED, served)
         meta = request_metadata.of_call(context)
         invocations.add(principal(), self.cluster, meta, invocations.DOWN, served)
-        metrics.cas(self.cluster, "read", served, sum(1 for r in results if not isinstance(r, ReapiError)))
+        metrics.cas(self.cluster, "read", served, len(results) - failed)
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @streaming
