@@ -37,7 +37,8 @@ EXEC_ENV = {
     "REAPI_WORKER_LEASE_SECONDS": "3",
     "REAPI_MAX_ACTION_TIMEOUT": "120",
 }
-TEST_REDIS_DB = 11
+# TEST_REDIS_DB: another database, for two suites run side by side on one Redis.
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 
 
 def redis_env() -> dict[str, str]:
