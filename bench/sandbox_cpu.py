@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Lazy RCU (CONFIG_RCU_LAZY) may defer the frees of a torn-down namespace by up to 10 s.
 SETTLE_SECONDS = 1.0
 
 
@@ -60,12 +61,12 @@ def user_process_ticks() -> dict[tuple[int, str], int]:
     return found
 
 
-def measure(runs: int, once: Callable[[], None]) -> float:
+def measure(runs: int, once: Callable[[], None], settle: float = SETTLE_SECONDS) -> float:
     """ms of machine CPU per call of `once`, less what other processes spent meanwhile."""
     others, before = user_process_ticks(), busy_ticks()
     for _ in range(runs):
         once()
-    time.sleep(SETTLE_SECONDS)
+    time.sleep(settle)
     after, others_after = busy_ticks(), user_process_ticks()
     foreign = sum(others_after[key] - ticks for key, ticks in others.items() if key in others_after)
     return (after - before - foreign) * 1000 / os.sysconf("SC_CLK_TCK") / runs
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated variant names")
+    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS, help="seconds after a round's runs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the worker's sandbox (cgroups, lent namespaces) is root's")
@@ -178,7 +180,7 @@ def main() -> None:
         results: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, once in variants.items():
-                results[name].append(measure(args.runs, once))
+                results[name].append(measure(args.runs, once, args.settle))
         print(f"machine CPU per run, ms ({args.rounds} rounds of {args.runs}): min, median (all rounds)")
         for name, values in results.items():
             rounds = " ".join(f"{v:.2f}" for v in values)

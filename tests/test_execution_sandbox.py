@@ -5,6 +5,7 @@ message while their worker serves the next action."""
 import functools
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support.execution_fixtures import (
     WorkerProcess,
     execute,
     execute_stream,
+    in_thread,
     ops,
     pid_alive,
     pids_running,
@@ -458,10 +460,11 @@ def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leave
     assert not [pid for pid in holders.values() if pid_alive(pid)]
 
 
-# An action's loopback: connecting, and closing with a reset (SO_LINGER 0) so no connection is
-# left in TIME_WAIT (that would keep the worker from lending the namespace again).
+# What the actions below share: connecting (closing with a reset, SO_LINGER 0, so no connection
+# is left in TIME_WAIT), listening, and whether a port is listened on in the namespace, seen
+# from /proc/net/tcp without sending a packet.
 LOOPBACK = r"""
-import os, socket, struct, sys
+import os, signal, socket, struct, sys
 def connects(port):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -477,12 +480,19 @@ def listener(port=0):
     s.bind(("127.0.0.1", port))
     s.listen()
     return s
+def listened(port):
+    local = "0100007F:%04X" % port
+    rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    return "listening" if any(row[1] == local and row[3] == "0A" for row in rows) else "none"
 print("netns=" + os.readlink("/proc/self/ns/net"))
+"""
+OWN_LOOPBACK = r"""
 own = listener()
 print("own=" + connects(own.getsockname()[1]))
 """
 LISTEN_FOREVER = (
     LOOPBACK
+    + OWN_LOOPBACK
     + r"""
 s = listener(int(sys.argv[1]))
 while True:
@@ -491,16 +501,17 @@ while True:
 )
 TRY_OTHER = (
     LOOPBACK
+    + OWN_LOOPBACK
     + r"""
 print("other=" + connects(int(sys.argv[1])))
 """
 )
-# Connects to the port, then leaves a listener on it in a process of its own session.
+# Leaves a listener on the port in a process of its own session, sending no packet (a
+# namespace that carried one is not lent again).
 LEAVE_LISTENER = (
     LOOPBACK
     + r"""
 port = int(sys.argv[1])
-print("before=" + connects(port))
 r, w = os.pipe()
 if os.fork() == 0:
     os.setsid()
@@ -509,11 +520,25 @@ if os.fork() == 0:
     while True:
         s.accept()
 os.read(r, 1)
-print("left=" + connects(port))
+print("left=" + listened(int(sys.argv[1])))
+"""
+)
+# Looks for a listener on the port and connects to it, then listens on a second port (the sign
+# to the test that it is done) until SIGUSR1.
+FIND_LISTENER = (
+    LOOPBACK
+    + r"""
+print("found=" + listened(int(sys.argv[1])))
+print("connect=" + connects(int(sys.argv[1])), flush=True)
+signal.signal(signal.SIGUSR1, lambda *_: sys.exit(0))
+done = listener(int(sys.argv[2]))
+while True:
+    signal.pause()
 """
 )
 INTERFACES = (
     LOOPBACK
+    + OWN_LOOPBACK
     + r"""
 import errno, fcntl
 lines = open("/proc/net/dev").read().splitlines()[2:]
@@ -591,23 +616,35 @@ def test_a_listener_an_action_leaves_is_gone_for_the_next_in_its_network_namespa
     client: Client, net_worker: WorkerProcess
 ) -> None:
     assert net_worker.proc is not None
-    port = free_port()
-    lent = []
-    for _ in range(4):  # one after another on a worker running one action at a time
-        spec = ActionSpec(
+    port, done_port = free_port(), free_port() + 1
+    for _ in range(2):  # one action after another on a worker running one at a time
+        leave = ActionSpec(
             ["/usr/bin/python3", "-c", LEAVE_LISTENER, str(port)],
             platform={"Pool": "net"},
             salt=uuid.uuid4().bytes,
         )
-        reply = run(client, spec)
+        reply = run(client, leave)
         assert reply.result.exit_code == 0, client.read(reply.result.stderr_digest)
-        seen = facts(client.read(reply.result.stdout_digest).decode())
-        assert (seen["own"], seen["left"]) == ("connected", "connected"), seen
-        assert seen["before"] == "refused", seen
-        # Which holder of the worker's lent it: the same (live) holder twice is the same namespace.
-        lent.append((seen["netns"], netns_holders(net_worker.proc.pid).get(seen["netns"])))
-    assert None not in {holder for _netns, holder in lent}, lent
-    assert len(set(lent)) < len(lent), lent  # a namespace was lent again
+        left = facts(client.read(reply.result.stdout_digest).decode())
+        assert left["left"] == "listening", left
+        # Its namespace is back with the worker, held by one of its `sandbox-exec --netns`.
+        holder = netns_holders(net_worker.proc.pid)[left["netns"]]
+
+        marker = uuid.uuid4().hex
+        find = ActionSpec(
+            ["/usr/bin/python3", "-c", FIND_LISTENER, str(port), str(done_port), marker],
+            platform={"Pool": "net"},
+        )
+        join = in_thread(run, client, find)
+        finder = wait_for(lambda: listening_pid(marker, done_port))  # noqa: B023
+        # The same namespace: both hold it now, and a live namespace's number is its own.
+        assert pid_alive(holder)
+        assert os.readlink(f"/proc/{finder}/ns/net") == os.readlink(f"/proc/{holder}/ns/net") == left["netns"]
+        os.kill(finder, signal.SIGUSR1)
+        reply = join()
+        assert reply.result.exit_code == 0, client.read(reply.result.stderr_digest)
+        found = facts(client.read(reply.result.stdout_digest).decode())
+        assert (found["found"], found["connect"]) == ("none", "refused"), found
 
 
 def test_an_action_has_a_working_loopback_and_no_other_interface_it_could_change(

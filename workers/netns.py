@@ -1,9 +1,10 @@
 """Loopback-only network namespaces a root worker lends to its sandboxed actions, one action at a
 time each (workers/sandbox.py).
 
-Making a network namespace for every action and tearing it down afterwards costs ~4 ms of CPU
-per action on the hosts measured, most of it in a kernel worker after the action has ended
-(the teardown waits for RCU and cleans up every protocol's per-namespace state). A worker
+Making a network namespace for every action and tearing it down afterwards costs 1-4 ms of the
+machine's CPU per action on the hosts measured (bench/sandbox_cpu.py), much of it in a kernel
+worker after the action has ended, where the action's own CPU time does not show it (the
+teardown cleans up every protocol's per-namespace state). A worker
 keeps a few instead, each held open by a `sandbox-exec --netns` child process (its
 /proc/PID/ns/net is what an action's sandbox-exec joins while still root).
 
@@ -11,14 +12,17 @@ Never two actions in one namespace at once: an action takes one that no other ho
 it back only when its run is over, so no action can reach another's listener on 127.0.0.1 or an
 abstract unix socket (those are per network namespace too).
 
-Sequential reuse leaves the next action nothing of the one before: a namespace goes back only
-after the action's cgroup is empty, so every process of it is dead and every file it had open
-(each socket) closed; and only if the namespace then has no socket at all and no TCP
-connection in TIME_WAIT (/proc/PID/net/sockstat), which also catches a socket kept alive in
-flight on a unix socket and a port still taken by a closed connection. Otherwise it is ended
-and a fresh one made. The action cannot change anything else there: the namespace belongs to
-the host's user namespace, not to the action's, so it has no capability over it (no sysctls,
-interfaces, addresses, routes or firewall rules; no raw sockets).
+Sequential reuse leaves the next action nothing of the one before, so it finds the namespace
+as a new one: a namespace goes back only after the action's cgroup is empty, so every process
+of it is dead and every file it had open (each socket) closed; and only if the namespace then
+has no socket at all and no TCP connection in TIME_WAIT (/proc/PID/net/sockstat: that also
+catches a socket kept alive in flight on a unix socket, and a port a closed connection still
+takes), and `lo` has carried no packet (/proc/PID/net/dev: its counters, and the protocols'
+in /proc/net/snmp, would tell the next action how much loopback traffic the one before made).
+Otherwise it is ended and a fresh one made: an action that used loopback costs what a
+namespace of its own did. The action cannot change anything else there: the namespace belongs
+to the host's user namespace, not to the action's, so it has no capability over it (no
+sysctls, interfaces, addresses, routes or firewall rules; no raw sockets).
 """
 
 import contextlib
@@ -67,19 +71,29 @@ class Holder:
             )
         self._ready = True
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def unused(self) -> bool:
-        """Whether it is still held and no socket or closed TCP connection is left in it."""
-        if self.proc.poll() is not None:
+        """Whether it is still held, as it was made: no socket, no closed TCP connection, no
+        packet on `lo` (see the top)."""
+        if not self.alive():
             return False
         try:
             stats = Path(f"/proc/{self.proc.pid}/net/sockstat").read_text()
+            devices = Path(f"/proc/{self.proc.pid}/net/dev").read_text()
         except OSError:
             return False
         # "sockets: used N" counts the namespace's sockets of every family; "TCP: ... tw N" its
         # connections in TIME_WAIT, which are no sockets any more but still hold their ports.
         fields = stats.split()
         tw = fields.index("tw") + 1 if "tw" in fields else len(fields)
-        return fields[:3] == ["sockets:", "used", "0"] and fields[tw : tw + 1] == ["0"]
+        if fields[:3] != ["sockets:", "used", "0"] or fields[tw : tw + 1] != ["0"]:
+            return False
+        # "lo: rx_bytes rx_packets ... (8 receive counters) tx_bytes tx_packets ..."
+        lines = devices.splitlines()[2:]
+        counters = [line.split(":", 1)[1].split() for line in lines if line.split(":", 1)[0].strip() == "lo"]
+        return len(lines) == 1 and len(counters) == 1 and counters[0][1] == counters[0][9] == "0"
 
     def end(self) -> None:
         """Close its stdin and wait for it: the namespace ends with its last user."""
@@ -100,8 +114,13 @@ class Pool:
 
     def take(self, starter: str) -> Holder:
         """A namespace no running action is in, for one action's whole run."""
+        holder = None
         with self._lock:
-            holder = self._free.pop() if self._free else None
+            while self._free and holder is None:
+                holder = self._free.pop()
+                if not holder.alive():  # ended by someone else meanwhile: its namespace is gone
+                    holder.end()
+                    holder = None
         if holder is None:
             holder = Holder(starter)
         holder.wait_ready()

@@ -4,13 +4,14 @@ Commands arrive from workstations over the internet, so each runs with:
 - new user, mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with only
   loopback in it, which no other action is in at the same time, unless its pool allows the
   network and it asks for it (`network=on`). A root worker with cgroups lends it one of the
-  namespaces it keeps (workers/netns.py: making and tearing down one per action is ~4 ms of
-  CPU); the action's user namespace does not own that one, so it has no capability over it
-  (no sysctls, interfaces, routes or raw sockets). Sequential reuse is safe because a namespace
-  goes back to the worker only once every process of the action is dead (its cgroup is empty,
-  so each socket it had is closed) and no socket or TIME_WAIT connection is left in it;
-  otherwise it is dropped. Elsewhere (a worker that is not root cannot join a namespace, and
-  without a cgroup it cannot know the action's last process is gone) bwrap makes one per action;
+  namespaces it keeps (workers/netns.py; making and tearing down one per action costs the
+  machine 1-4 ms of CPU); the action's user namespace does not own that one, so it has no
+  capability over it (no sysctls, interfaces, routes or raw sockets). Sequential reuse is safe
+  because a namespace goes back to the worker only once every process of the action is dead
+  (its cgroup is empty, so each socket it had is closed) and it is as new (no socket, no
+  TIME_WAIT connection, no packet ever on `lo`); otherwise it is dropped. Elsewhere (a worker
+  that is not root cannot join a namespace, and without a cgroup it cannot know the action's
+  last process is gone) bwrap makes one per action;
 - an unprivileged uid/gid: REAPI_SANDBOX_UID/GID when the worker is root, else the worker's
   own; never 0, so a file it leaves on the host side is owned by that uid;
 - the host's system directories read-only (/usr, /bin, /lib*, /sbin, /etc less its secrets),
