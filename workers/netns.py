@@ -26,12 +26,9 @@ sysctls, interfaces, addresses, routes or firewall rules; no raw sockets).
 """
 
 import contextlib
-import logging
 import subprocess
 import threading
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 class NamespaceUnavailable(RuntimeError):
