@@ -20,6 +20,7 @@ production worker; nothing else heavy on the machine while it runs.
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,44 +151,50 @@ def main() -> None:
         sys.exit("run as root: the worker's sandbox (cgroups, lent namespaces) is root's")
 
     workdir = Path(tempfile.mkdtemp(prefix="reapi-sandbox-cpu-"))
+    try:
+        bench(args, workdir)
+    finally:
+        if "workers.sandbox" in sys.modules:  # its standbys and lent namespaces end first
+            sys.modules["workers.sandbox"].release_standbys()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> None:
     workdir.chmod(0o711)
     os.environ.update({"DATA_DIR": str(workdir), "DJANGO_SETTINGS_MODULE": "portal.settings"})
     sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
-    from workers import sandbox
-
     exec_dir = workdir / "exec"
-    variants = {
-        "true": command(["/bin/true"]),
-        "bwrap": command(["bwrap", "--ro-bind", "/", "/", "true"]),
-        "bwrap --unshare-all": command(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"]),
-        "bwrap --unshare-all --share-net": command(
+    makers: dict[str, Callable[[], Callable[[], None]]] = {
+        "true": lambda: command(["/bin/true"]),
+        "bwrap": lambda: command(["bwrap", "--ro-bind", "/", "/", "true"]),
+        "bwrap --unshare-all": lambda: command(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"]),
+        "bwrap --unshare-all --share-net": lambda: command(
             ["bwrap", "--unshare-all", "--share-net", "--ro-bind", "/", "/", "true"]
         ),
-        "chain-lent": chain(exec_dir, lend=True),
-        "chain-own": chain(exec_dir, lend=False),
-        "standby": standby(exec_dir),
-        "bwrap-as-actions": bwrap_as_actions(exec_dir, shim=False),
-        "bwrap-as-actions+sh": bwrap_as_actions(exec_dir, shim=True),
+        "chain-lent": lambda: chain(exec_dir, lend=True),
+        "chain-own": lambda: chain(exec_dir, lend=False),
+        "standby": lambda: standby(exec_dir),
+        "bwrap-as-actions": lambda: bwrap_as_actions(exec_dir, shim=False),
+        "bwrap-as-actions+sh": lambda: bwrap_as_actions(exec_dir, shim=True),
     }
-    if args.only:
-        variants = {name: variants[name] for name in args.only.split(",")}
-    try:
-        for once in variants.values():
-            once()  # warm: page cache, the sandbox's probe
-        results: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, once in variants.items():
-                results[name].append(measure(args.runs, once, args.settle))
-        print(f"machine CPU per run, ms ({args.rounds} rounds of {args.runs}): min, median (all rounds)")
-        for name, values in results.items():
-            rounds = " ".join(f"{v:.2f}" for v in values)
-            print(f"  {name:34} {min(values):6.2f} {statistics.median(values):6.2f}   ({rounds})")
-    finally:
-        sandbox.release_standbys()
-        sandbox._rmtree(workdir)
+    names = args.only.split(",") if args.only else list(makers)
+    unknown = [name for name in names if name not in makers]
+    if unknown:
+        sys.exit(f"no variant {', '.join(unknown)}; there are: {', '.join(makers)}")
+    variants = {name: makers[name]() for name in names}
+    for once in variants.values():
+        once()  # warm: page cache, the sandbox's probe
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, once in variants.items():
+            results[name].append(measure(args.runs, once, args.settle))
+    print(f"machine CPU per run, ms ({args.rounds} rounds of {args.runs}): min, median (all rounds)")
+    for name, values in results.items():
+        rounds = " ".join(f"{v:.2f}" for v in values)
+        print(f"  {name:34} {min(values):6.2f} {statistics.median(values):6.2f}   ({rounds})")
 
 
 if __name__ == "__main__":
