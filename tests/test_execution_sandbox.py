@@ -5,6 +5,7 @@ message while their worker serves the next action."""
 import functools
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support.execution_fixtures import (
     WorkerProcess,
     execute,
     execute_stream,
+    in_thread,
     ops,
     pid_alive,
     pids_running,
@@ -451,8 +453,210 @@ def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leave
             members = wait_for(functools.partial(pids_in, procs))  # once its move is done
             assert len(members) == 1, members
             assert "--standby" in Path(f"/proc/{members[0]}/cmdline").read_bytes().decode(errors="replace")
+        holders = netns_holders(ahead.proc.pid)
+        assert holders  # the network namespaces it lends its actions
     assert sandbox_groups(prefix) == []
     assert not pid_alive(int(members[0]))
+    assert not [pid for pid in holders.values() if pid_alive(pid)]
+
+
+# What the actions below share: connecting (closing with a reset, SO_LINGER 0, so no connection
+# is left in TIME_WAIT), listening, and whether a port is listened on in the namespace, seen
+# from /proc/net/tcp without sending a packet.
+LOOPBACK = r"""
+import os, signal, socket, struct, sys
+def connects(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    try:
+        s.connect(("127.0.0.1", port))
+        return "connected"
+    except OSError:
+        return "refused"
+    finally:
+        s.close()
+def listener(port=0):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+def listened(port):
+    local = "0100007F:%04X" % port
+    rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
+    return "listening" if any(row[1] == local and row[3] == "0A" for row in rows) else "none"
+print("netns=" + os.readlink("/proc/self/ns/net"))
+"""
+OWN_LOOPBACK = r"""
+own = listener()
+print("own=" + connects(own.getsockname()[1]))
+"""
+LISTEN_FOREVER = (
+    LOOPBACK
+    + OWN_LOOPBACK
+    + r"""
+s = listener(int(sys.argv[1]))
+while True:
+    s.accept()
+"""
+)
+TRY_OTHER = (
+    LOOPBACK
+    + OWN_LOOPBACK
+    + r"""
+print("other=" + connects(int(sys.argv[1])))
+"""
+)
+# Leaves a listener on the port in a process of its own session, sending no packet (a
+# namespace that carried one is not lent again).
+LEAVE_LISTENER = (
+    LOOPBACK
+    + r"""
+port = int(sys.argv[1])
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    s = listener(port)
+    os.write(w, b"x")
+    while True:
+        s.accept()
+os.read(r, 1)
+print("left=" + listened(int(sys.argv[1])))
+"""
+)
+# Looks for a listener on the port and connects to it, then listens on a second port (the sign
+# to the test that it is done) until SIGUSR1.
+FIND_LISTENER = (
+    LOOPBACK
+    + r"""
+print("found=" + listened(int(sys.argv[1])))
+print("connect=" + connects(int(sys.argv[1])), flush=True)
+signal.signal(signal.SIGUSR1, lambda *_: sys.exit(0))
+done = listener(int(sys.argv[2]))
+while True:
+    signal.pause()
+"""
+)
+INTERFACES = (
+    LOOPBACK
+    + OWN_LOOPBACK
+    + r"""
+import errno, fcntl
+lines = open("/proc/net/dev").read().splitlines()[2:]
+print("interfaces=" + ",".join(line.split(":")[0].strip() for line in lines))
+try:  # SIOCSIFFLAGS with no flags: `lo` down
+    fcntl.ioctl(socket.socket(), 0x8914, struct.pack("16sH22x", b"lo", 0))
+    print("lo_down=done")
+except OSError as exc:
+    print("lo_down=" + errno.errorcode[exc.errno])
+"""
+)
+
+
+def free_port() -> int:
+    return 20000 + uuid.uuid4().int % 20000
+
+
+def listening_pid(marker: str, port: int) -> int | None:
+    """The pid of the action's process (its command line holds `marker`) listening on
+    127.0.0.1:`port` in its network namespace, seen from the host."""
+    local = f"0100007F:{port:04X}"
+    for pid, cmdline in pids_running(marker).items():
+        if not cmdline.startswith("/usr/bin/python3"):
+            continue
+        try:
+            table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(line.split()[1] == local and line.split()[3] == "0A" for line in table):  # LISTEN
+            return pid
+    return None
+
+
+def netns_holders(worker_pid: int) -> dict[str, int]:
+    """The network namespaces the worker holds for its actions: namespace -> holder pid."""
+    found = {}
+    for pid, cmdline in pids_running("--netns").items():
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == worker_pid and cmdline.split()[1:] == ["--netns"]:
+                found[os.readlink(f"/proc/{pid}/ns/net")] = pid
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_two_actions_at_once_cannot_reach_each_other_over_loopback(
+    client: Client, worker: WorkerProcess
+) -> None:
+    port, marker = free_port(), uuid.uuid4().hex
+    listening = ActionSpec(["/usr/bin/python3", "-c", LISTEN_FOREVER, str(port), marker]).upload(client)
+    stream = execute_stream(client, listening)
+    first = next(stream)
+    try:
+        listener_pid = wait_for(lambda: listening_pid(marker, port))
+        other = ActionSpec(["/usr/bin/python3", "-c", TRY_OTHER, str(port)], salt=uuid.uuid4().bytes)
+        reply = run(client, other)
+        # The listener ran all along: the two ran at once on the worker's two slots.
+        assert listening_pid(marker, port) == listener_pid
+        listener_netns = os.readlink(f"/proc/{listener_pid}/ns/net")
+    finally:
+        ops(client).CancelOperation(
+            operations_pb2.CancelOperationRequest(name=first.name), metadata=client.metadata
+        )
+        list(stream)
+    assert reply.result.exit_code == 0, client.read(reply.result.stderr_digest)
+    seen = facts(client.read(reply.result.stdout_digest).decode())
+    assert seen["own"] == "connected", seen  # its own loopback works
+    assert seen["other"] == "refused", seen
+    assert seen["netns"] != listener_netns
+    assert seen["netns"] != os.readlink("/proc/self/ns/net")  # nor the host's
+
+
+def test_a_listener_an_action_leaves_is_gone_for_the_next_in_its_network_namespace(
+    client: Client, net_worker: WorkerProcess
+) -> None:
+    assert net_worker.proc is not None
+    port, done_port = free_port(), free_port() + 1
+    for _ in range(2):  # one action after another on a worker running one at a time
+        leave = ActionSpec(
+            ["/usr/bin/python3", "-c", LEAVE_LISTENER, str(port)],
+            platform={"Pool": "net"},
+            salt=uuid.uuid4().bytes,
+        )
+        reply = run(client, leave)
+        assert reply.result.exit_code == 0, client.read(reply.result.stderr_digest)
+        left = facts(client.read(reply.result.stdout_digest).decode())
+        assert left["left"] == "listening", left
+        # Its namespace is back with the worker, held by one of its `sandbox-exec --netns`.
+        holder = netns_holders(net_worker.proc.pid)[left["netns"]]
+
+        marker = uuid.uuid4().hex
+        find = ActionSpec(
+            ["/usr/bin/python3", "-c", FIND_LISTENER, str(port), str(done_port), marker],
+            platform={"Pool": "net"},
+        )
+        join = in_thread(run, client, find)
+        finder = wait_for(lambda: listening_pid(marker, done_port))  # noqa: B023
+        # The same namespace: both hold it now, and a live namespace's number is its own.
+        assert pid_alive(holder)
+        assert os.readlink(f"/proc/{finder}/ns/net") == os.readlink(f"/proc/{holder}/ns/net") == left["netns"]
+        os.kill(finder, signal.SIGUSR1)
+        reply = join()
+        assert reply.result.exit_code == 0, client.read(reply.result.stderr_digest)
+        found = facts(client.read(reply.result.stdout_digest).decode())
+        assert (found["found"], found["connect"]) == ("none", "refused"), found
+
+
+def test_an_action_has_a_working_loopback_and_no_other_interface_it_could_change(
+    client: Client, worker: WorkerProcess
+) -> None:
+    for _ in range(2):  # the second may run where the first tried to take `lo` down
+        reply = run(client, ActionSpec(["/usr/bin/python3", "-c", INTERFACES], salt=uuid.uuid4().bytes))
+        assert reply.result.exit_code == 0, client.read(reply.result.stderr_digest)
+        seen = facts(client.read(reply.result.stdout_digest).decode())
+        assert seen["interfaces"] == "lo", seen
+        assert seen["own"] == "connected", seen
+        assert seen["lo_down"] == "EPERM", seen
 
 
 def test_the_workers_page_shows_sandboxing_and_network_per_pool(

@@ -125,8 +125,11 @@ class ActionGroup:
             time.sleep(pause)
             pause = min(pause * 2, 0.002)
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Kill what is left and remove the group; True once it is gone, so every process that
+        was in it has exited (closed its files) too."""
         self.kill_all()
+        removed = True
         for path in self.paths:
             # A group whose last process is still being reaped is busy for a moment.
             for _ in range(1000):
@@ -141,6 +144,8 @@ class ActionGroup:
                     time.sleep(0.002)
             else:
                 log.warning("cgroup %s still busy; left for the next start to remove", path)
+                removed = False
+        return removed
 
 
 def remove_stale(controllers: Controllers, prefix: str) -> None:

@@ -1,8 +1,17 @@
 """Actions run in a bubblewrap sandbox: nothing of the worker, the server or another tenant in reach.
 
 Commands arrive from workstations over the internet, so each runs with:
-- new user, mount, PID, IPC, UTS and cgroup namespaces, and a network namespace of its own
-  (loopback only) unless its pool allows the network and it asks for it (`network=on`);
+- new user, mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with only
+  loopback in it, which no other action is in at the same time, unless its pool allows the
+  network and it asks for it (`network=on`). A root worker with cgroups lends it one of the
+  namespaces it keeps (workers/netns.py; making and tearing down one per action costs the
+  machine 1-4 ms of CPU); the action's user namespace does not own that one, so it has no
+  capability over it (no sysctls, interfaces, routes or raw sockets). Sequential reuse is safe
+  because a namespace goes back to the worker only once every process of the action is dead
+  (its cgroup is empty, so each socket it had is closed) and it is as new (no socket, no
+  TIME_WAIT connection, no packet ever on `lo`); otherwise it is dropped. Elsewhere (a worker
+  that is not root cannot join a namespace, and without a cgroup it cannot know the action's
+  last process is gone) bwrap makes one per action;
 - an unprivileged uid/gid: REAPI_SANDBOX_UID/GID when the worker is root, else the worker's
   own; never 0, so a file it leaves on the host side is owned by that uid;
 - the host's system directories read-only (/usr, /bin, /lib*, /sbin, /etc less its secrets),
@@ -15,8 +24,9 @@ Commands arrive from workstations over the internet, so each runs with:
   bytes it writes under its directory (watched while it runs).
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
-`sandbox-exec` (workers/sandbox_exec.c, a small static program: sets the action's rlimits and
-drops to the sandbox's uid with no supplementary groups and no capabilities) -> `bwrap` ->
+`sandbox-exec` (workers/sandbox_exec.c, a small static program: joins the lent network
+namespace, sets the action's rlimits and drops to the sandbox's uid with no supplementary
+groups and no capabilities) -> `bwrap` ->
 `sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as in a
 shell) -> the command. One static program rather than a shell and setpriv saves an exec and
 ~1.5 ms of CPU per action; dropping the uid in the chain rather than in the worker lets Python
@@ -44,7 +54,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from reapi.errors import InvalidArgument
-from workers import cgroups, process, sandbox_exec
+from workers import cgroups, netns, process, sandbox_exec
 from workers.pools import Limits
 
 log = logging.getLogger(__name__)
@@ -91,6 +101,12 @@ class Sandbox:
     gid: int | None = None
     controllers: cgroups.Controllers | None = None
     starter: str = ""  # sandbox-exec, the chain's first program
+
+    @property
+    def lends_netns(self) -> bool:
+        """Whether actions without the network get one of the worker's namespaces (see the top):
+        joining one takes root, and giving it back safely a cgroup to see every process gone."""
+        return self.enabled and self.uid is not None and self.controllers is not None
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -145,19 +161,24 @@ def _probe(sandbox: Sandbox, exec_dir: Path) -> None:
         prepare_base(base)
         make_dir(sandbox, root)
         limits = Limits(memory=256 << 20, pids=64, nofile=256, file_size=1 << 20, output=1 << 20)
-        outcome, _message = run(
-            sandbox,
-            f"{group_prefix(os.getpid())}probe",
-            limits,
-            False,
-            base,
-            ".",
-            ["true"],
-            {},
-            60,
-            threading.Event(),
-            keep_ready=False,
-        )
+        try:
+            outcome, _message = run(
+                sandbox,
+                f"{group_prefix(os.getpid())}probe",
+                limits,
+                False,
+                base,
+                ".",
+                ["true"],
+                {},
+                60,
+                threading.Event(),
+                keep_ready=False,
+            )
+        except netns.NamespaceUnavailable as exc:
+            raise SandboxUnavailable(
+                f"{exc}; or set REAPI_SANDBOX=off to run actions unsandboxed on purpose"
+            ) from None
         if outcome.exit_code != 0:
             stderr = (base / "stderr").read_text(errors="replace").strip()
             raise SandboxUnavailable(
@@ -223,7 +244,7 @@ def run(
     watch = _OutputWatch(base, limits.output, input_bytes)
     if sandbox.controllers is None:
         chain = [
-            *_first_step(sandbox, limits, with_group=False),
+            *_first_step(sandbox, limits, with_group=False, netns_path="-"),
             *_sandbox(sandbox, limits, network, root, workdir, argv, env),
         ]
         outcome = process.run(
@@ -235,17 +256,26 @@ def run(
         stdout.write_bytes(b"")
         stderr.write_bytes(b"")
         standby = _standbys.take(sandbox, limits)
+        lent = None
         try:
-            request = [str(stdout), str(stderr), *_first_step(sandbox, limits, with_group=True)[1:]]
-            request += _sandbox(sandbox, limits, network, root, workdir, argv, env)
+            if sandbox.lends_netns and not network:
+                lent = _namespaces.take(sandbox.starter)
+            first = _first_step(sandbox, limits, with_group=True, netns_path=lent.path if lent else "-")
+            request = [str(stdout), str(stderr), *first[1:]]
+            request += _sandbox(sandbox, limits, network or lent is not None, root, workdir, argv, env)
             standby.hand_over(request)
             if keep_ready:
                 # The next action's, in its cgroups while this one runs (see sandbox_exec.c).
                 _standbys.prepare(sandbox, limits)
+            if lent is not None:
+                _namespaces.prepare(sandbox.starter)
             outcome = process.supervise(standby.proc, timeout, cancelled, base / "pgid", watch=watch.check)
             message = _explain(outcome, limits, standby.group, watch)
         finally:
-            standby.group.remove()
+            emptied = standby.group.remove()
+            if lent is not None:
+                # Only once every process of the action is gone (see workers/netns.py).
+                _namespaces.give_back(lent, emptied)
     if message:
         with open(stderr, "ab") as f:
             f.write(f"\n[remote sandbox] {message}\n".encode())
@@ -318,37 +348,51 @@ class _Standbys:
 
 
 _standbys = _Standbys()
+_namespaces = netns.Pool()
 
 
 def release_standbys() -> None:
-    """At a worker's end: no sandbox-exec or cgroup of its own is left behind."""
+    """At a worker's end: no sandbox-exec, cgroup or network namespace of its own is left
+    behind."""
     _standbys.release()
+    _namespaces.release()
 
 
-def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool) -> list[str]:
+def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: str) -> list[str]:
     """sandbox-exec and its arguments up to `--`. Open files and file size are per process, core
     files off; without a cgroup, per-process limits on memory and processes are the best there
-    is."""
+    is. `netns_path`: the network namespace it joins, "-" for none."""
     memory, pids = ("-", "-") if with_group else (str(limits.memory), str(limits.pids))
     uid, gid = (str(sandbox.owner[0]), str(sandbox.owner[1])) if sandbox.owner else ("-", "-")
-    return [sandbox.starter, str(limits.nofile), str(limits.file_size), memory, pids, uid, gid, "--"]
+    return [
+        sandbox.starter,
+        str(limits.nofile),
+        str(limits.file_size),
+        memory,
+        pids,
+        uid,
+        gid,
+        netns_path,
+        "--",
+    ]
 
 
 def _sandbox(
     sandbox: Sandbox,
     limits: Limits,
-    network: bool,
+    share_net: bool,
     root: Path,
     workdir: str,
     argv: list[str],
     env: dict[str, str],
 ) -> list[str]:
-    """bwrap and what it runs: the shell shim, then the command."""
+    """bwrap and what it runs: the shell shim, then the command. `share_net`: keep the network
+    namespace sandbox-exec is in (the host's, or one lent by the worker)."""
     # The shell exports PWD of its own accord; the command gets exactly its environment.
     shim = 'exec "$@"' if "PWD" in env else 'unset PWD; exec "$@"'
     return [
         sandbox.bwrap,
-        *bwrap_options(limits, network, root, workdir, env),
+        *bwrap_options(limits, share_net, root, workdir, env),
         "--",
         SH,
         "-c",
@@ -358,9 +402,11 @@ def _sandbox(
     ]
 
 
-def bwrap_options(limits: Limits, network: bool, root: Path, workdir: str, env: dict[str, str]) -> list[str]:
+def bwrap_options(
+    limits: Limits, share_net: bool, root: Path, workdir: str, env: dict[str, str]
+) -> list[str]:
     opts = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
-    if network:
+    if share_net:
         opts.append("--share-net")
     opts += ["--hostname", "sandbox"]
     for path in SYSTEM_DIRS + tuple(settings.REAPI_SANDBOX_READ_ONLY):

@@ -1,20 +1,30 @@
 /* sandbox-exec: the first step of a sandboxed action's launch chain (workers/sandbox.py).
  *
- *   sandbox-exec NOFILE FSIZE AS NPROC UID GID -- BWRAP [ARG...]
+ *   sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP [ARG...]
  *   sandbox-exec --standby CGROUP_PROCS_FILE...
+ *   sandbox-exec --netns
  *
- * Sets the per-process rlimits (soft = hard, so the action cannot raise them; core files off;
- * AS and NPROC only where given, "-" otherwise), and, where UID and GID are given ("-"
- * otherwise), changes to them with no supplementary groups and no capabilities in any set; then
- * execs BWRAP with an empty environment. One small static program instead of `sh` (rlimits,
+ * Where NETNS is given ("-" otherwise: the action's own namespace or the host's, as bwrap is
+ * told), joins that network namespace (a /proc/PID/ns/net path) while still root; sets the
+ * per-process rlimits (soft = hard, so the action cannot raise them; core files off; AS and
+ * NPROC only where given, "-" otherwise), and, where UID and GID are given ("-" otherwise),
+ * changes to them with no supplementary groups and no capabilities in any set; then execs
+ * BWRAP with an empty environment. One small static program instead of `sh` (rlimits,
  * cgroups) and `setpriv` (uid): an exec less per action, and the cheapest kind.
  *
  * --standby: joins the cgroups named, then waits for the rest on stdin: NUL-terminated fields
- * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID -- BWRAP [ARG...], opens STDOUT and STDERR (stdin
- * becomes /dev/null) and goes on as above. Moving a process into a cgroup waits for an RCU grace
- * period (the kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a worker starts
- * the next action's sandbox-exec, in the next action's cgroups, while the current one runs, so
- * that wait is not an action's. It exits quietly when stdin closes with nothing on it.
+ * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP [ARG...], opens STDOUT and STDERR
+ * (stdin becomes /dev/null) and goes on as above. Moving a process into a cgroup waits for an
+ * RCU grace period (the kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a
+ * worker starts the next action's sandbox-exec, in the next action's cgroups, while the current
+ * one runs, so that wait is not an action's. It exits quietly when stdin closes with nothing on
+ * it.
+ *
+ * --netns: holds a network namespace of its own with only `lo`, up, for the worker to lend to
+ * actions one at a time (NETNS above): prints "ready" once it exists, then waits for stdin to
+ * close (the worker ending it, or dying) and exits. Made by root, the namespace belongs to the
+ * host's user namespace, so an action in it has no capability over it. Its sysctls keep a new
+ * namespace's defaults, as in one bwrap makes (ports below 1024 and ping sockets refused).
  *
  * Exit 125 when a step fails (the message on stderr), 127 when BWRAP is missing, 126 when it
  * cannot run, as a shell would. Built by workers/sandbox_exec.py.
@@ -24,10 +34,14 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <net/if.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -76,17 +90,27 @@ static int join(long long pid, char **procs, int count) {
 
 /* The launch proper, from NOFILE on (see the top); returns only on failure. */
 static int launch(int argc, char **argv) {
-    if (argc < 8) {
-        dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID -- BWRAP...\n");
+    if (argc < 9) {
+        dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP...\n");
         return 125;
     }
     long long nofile = number(argv[0]), fsize = number(argv[1]), as = number(argv[2]);
     long long nproc = number(argv[3]), uid = number(argv[4]), gid = number(argv[5]);
-    if (strcmp(argv[6], "--") != 0) {
-        dprintf(2, "sandbox-exec: -- expected after UID GID\n");
+    const char *netns = argv[6];
+    if (strcmp(argv[7], "--") != 0) {
+        dprintf(2, "sandbox-exec: -- expected after UID GID NETNS\n");
         return 125;
     }
-    char **program = argv + 7;
+    char **program = argv + 8;
+    /* First: joining a namespace takes root, and a small RLIMIT_NOFILE could refuse the open. */
+    if (strcmp(netns, "-") != 0) {
+        int fd = open(netns, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return fail("cannot open", netns);
+        if (setns(fd, CLONE_NEWNET) != 0)
+            return fail("setns", netns);
+        close(fd);
+    }
     if (limit(RLIMIT_NOFILE, nofile, "RLIMIT_NOFILE") || limit(RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE") ||
         limit(RLIMIT_CORE, 0, "RLIMIT_CORE") || limit(RLIMIT_AS, as, "RLIMIT_AS") ||
         limit(RLIMIT_NPROC, nproc, "RLIMIT_NPROC"))
@@ -162,8 +186,8 @@ static int standby(int argc, char **argv) {
         return fail("read", "stdin");
     if (count == 0)
         return 0; /* not needed after all */
-    if (count < 10) {
-        dprintf(2, "sandbox-exec: a request has STDOUT STDERR NOFILE FSIZE AS NPROC UID GID -- BWRAP\n");
+    if (count < 11) {
+        dprintf(2, "sandbox-exec: a request has STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP\n");
         return 125;
     }
     int null = open("/dev/null", O_RDONLY);
@@ -175,7 +199,32 @@ static int standby(int argc, char **argv) {
     return launch(count - 2, fields + 2);
 }
 
+static int hold_netns(void) {
+    if (unshare(CLONE_NEWNET) != 0)
+        return fail("unshare", "CLONE_NEWNET");
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail("socket", "AF_INET");
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strcpy(request.ifr_name, "lo");
+    request.ifr_flags = IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &request) != 0)
+        return fail("cannot bring up", "lo");
+    close(fd);
+    if (write(1, "ready\n", 6) != 6)
+        return fail("write", "stdout");
+    char buffer[64];
+    for (;;) {
+        ssize_t got = read(0, buffer, sizeof buffer);
+        if (got == 0 || (got < 0 && errno != EINTR))
+            return 0;
+    }
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--netns") == 0)
+        return hold_netns();
     if (argc >= 2 && strcmp(argv[1], "--standby") == 0)
         return standby(argc - 2, argv + 2);
     return launch(argc - 1, argv + 1);
