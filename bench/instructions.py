@@ -1,0 +1,215 @@
+"""Instructions per call of our server, counted by valgrind's callgrind: a figure that does not
+move with the machine's load the way wall-clock throughput does (±20 % between runs here).
+
+    .venv/bin/python bench/instructions.py [--workloads gar,read,batchread,findmissing,batchupdate]
+        [--observability on,off] [--calls 1000] [--server-tree PATH] [--bare]
+
+For each workload: `reapi serve --processes 1` (its own data directory, tenant and PAT, as
+bench/run.py) under `valgrind --tool=callgrind --instr-atstart=no`; 200 warm-up calls from one
+client thread, then instrumentation on (`callgrind_control -i on`) for `--calls` calls, off
+again; the server process's user-space instructions (every thread) divided by the calls.
+
+`--server-tree PATH` serves the code of another checkout (e.g. a `git worktree` of an older
+commit: its manage.py, migrations and reapi/), with this checkout's client, so two revisions
+are compared call for call. `--bare` counts bench/bare.py instead (no auth, no storage).
+
+Background threads that wake on a timer (readiness every REAPI_READINESS_SECONDS, the metrics
+fold) run at their usual rate while valgrind slows the serving ~50-fold, so their share of a
+call is inflated: readiness is set to an hour here, and the fold's share is left in (it is a
+real cost of `on`, overstated). Not part of `make test`; needs valgrind (Debian's package).
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import servers
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
+from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from tests.support.servers import free_port, stop_process
+
+WORKLOADS = ("gar", "read", "batchread", "findmissing", "batchupdate")
+WARM_UP = 200
+
+
+def digest(data: bytes) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, Callable[[], None]]:
+    """One call of each workload, against blobs and an action result stored here first: a
+    GetActionResult of 4 outputs and stdout (bench/run.py's), a ByteStream Read of a 2 KiB blob,
+    BatchReadBlobs of 100 such blobs, FindMissingBlobs of 50 present and 50 absent, and
+    BatchUpdateBlobs of 100 fresh 2 KiB blobs."""
+    cas = re_grpc.ContentAddressableStorageStub(channel)
+    ac = re_grpc.ActionCacheStub(channel)
+    bs = bs_grpc.ByteStreamStub(channel)
+    outputs = [os.urandom(64 * 1024), os.urandom(16 * 1024), os.urandom(200 * 1024), os.urandom(900)]
+    stdout = b"INFO: compiled 3 files\n" * 20
+    small = [os.urandom(2048) for _ in range(100)]
+    cas.BatchUpdateBlobs(
+        re_pb2.BatchUpdateBlobsRequest(
+            requests=[
+                re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b)
+                for b in [*outputs, stdout, *small]
+            ]
+        ),
+        metadata=md,
+        timeout=60,
+    )
+    action = digest(os.urandom(100))
+    result = re_pb2.ActionResult(
+        output_files=[re_pb2.OutputFile(path=f"out/f{i}", digest=digest(b)) for i, b in enumerate(outputs)],
+        stdout_digest=digest(stdout),
+    )
+    ac.UpdateActionResult(
+        re_pb2.UpdateActionResultRequest(action_digest=action, action_result=result), metadata=md, timeout=60
+    )
+    present = [digest(b) for b in small]
+    find = re_pb2.FindMissingBlobsRequest(
+        blob_digests=[digest(os.urandom(8)) for _ in range(50)] + present[:50]
+    )
+    one = present[0]
+
+    def read() -> None:
+        name = f"blobs/{one.hash}/{one.size_bytes}"
+        for _ in bs.Read(bs_pb2.ReadRequest(resource_name=name), metadata=md, timeout=60):
+            pass
+
+    def batch_update() -> None:
+        fresh = [os.urandom(2048) for _ in range(100)]
+        cas.BatchUpdateBlobs(
+            re_pb2.BatchUpdateBlobsRequest(
+                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in fresh]
+            ),
+            metadata=md,
+            timeout=60,
+        )
+
+    return {
+        "gar": lambda: ac.GetActionResult(
+            re_pb2.GetActionResultRequest(action_digest=action), metadata=md, timeout=60
+        ),
+        "read": read,
+        "batchread": lambda: cas.BatchReadBlobs(
+            re_pb2.BatchReadBlobsRequest(digests=present), metadata=md, timeout=60
+        ),
+        "findmissing": lambda: cas.FindMissingBlobs(find, metadata=md, timeout=60),
+        "batchupdate": batch_update,
+    }
+
+
+def measure(workload: str, observed: bool, n: int, tree: Path, bare: bool) -> float:
+    """Thousands of instructions per call."""
+    work = Path(tempfile.mkdtemp(prefix="reapi-instructions-"))
+    try:
+        port = free_port()
+        if bare:
+            argv = [sys.executable, str(tree / "bench" / "bare.py"), f"127.0.0.1:{port}"]
+            md: tuple[tuple[str, str], ...] = ()
+            env = dict(os.environ)
+        else:
+            servers.ROOT = tree  # the server's manage.py and migrations
+            ours = servers.Ours(work)
+            ours.prepare()
+            argv = [sys.executable, str(tree / "manage.py"), "reapi", "serve", "--cluster", "external"]
+            argv += ["--listen", f"127.0.0.1:{port}", "--processes", "1"]
+            if observed:
+                argv += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
+            md = ours.metadata
+            env = {
+                **ours.env,
+                "REAPI_REQUEST_LOG": "all" if observed else "errors",
+                "REAPI_READINESS_SECONDS": "3600",
+            }
+        out = work / "callgrind.out"
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
+        with open(work / "server.log", "wb") as log:
+            proc = subprocess.Popen(valgrind + argv, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            _wait(channel, md, proc, work / "server.log")
+            call = calls(channel, md)[workload]
+            for _ in range(WARM_UP):
+                call()
+            _control("-i", "on", proc.pid)
+            for _ in range(n):
+                call()
+            _control("-i", "off", proc.pid)
+            _control("-d", "", proc.pid)
+        finally:
+            stop_process(proc, timeout=120)
+        total = sum(
+            int(m.group(1))
+            for f in work.glob("callgrind.out.*")
+            for m in re.finditer(r"^totals: (\d+)", f.read_text(errors="replace"), re.M)
+        )
+        return total / n / 1000
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _control(option: str, value: str, pid: int) -> None:
+    subprocess.run(
+        ["callgrind_control", option, *([value] if value else []), str(pid)], check=True, capture_output=True
+    )
+
+
+def _wait(
+    channel: grpc.Channel, md: tuple[tuple[str, str], ...], proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    deadline = time.monotonic() + 300  # Django's start-up under valgrind takes a while
+    while True:
+        try:
+            re_grpc.CapabilitiesStub(channel).GetCapabilities(
+                re_pb2.GetCapabilitiesRequest(), metadata=md, timeout=5
+            )
+            return
+        except grpc.RpcError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server did not start under valgrind:\n{log.read_text()[-3000:]}"
+                ) from None
+            time.sleep(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--observability", default="off", help="on, off or on,off")
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--server-tree", type=Path, default=servers.ROOT)
+    parser.add_argument("--bare", action="store_true", help="count bench/bare.py instead of ours")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed: apt-get install valgrind")
+    workloads = args.workloads.split(",")
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        sys.exit(f"unknown workloads {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
+    tree = args.server_tree.resolve()
+    for workload in workloads:
+        for mode in args.observability.split(","):
+            k = measure(workload, mode == "on", args.calls, tree, args.bare)
+            who = "bare" if args.bare else f"{tree.name} observability {mode}"
+            print(f"{workload:12} {k:9.1f} k instructions/call  ({who})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
