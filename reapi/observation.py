@@ -1,6 +1,7 @@
 """Every admitted or refused call counted in the grpc_server_* metrics and logged, one line,
 by reapi.request_log, whatever its outcome."""
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -62,6 +63,7 @@ def observed(
 
 
 _OK = grpc.StatusCode.OK
+_INFO, _WARNING = logging.INFO, logging.WARNING
 
 
 def _done(
@@ -81,7 +83,7 @@ def _done(
     # takes neither.
     name = "OK" if code is _OK else code.name
     counters.done(name, seconds)
-    if logged and request_log.enabled(name):
+    if logged and request_log.log.isEnabledFor(_INFO if name in request_log.NORMAL else _WARNING):
         details = context.details() if code is not _OK else b""  # type: ignore[attr-defined]
         request_log.call_done(
             method,

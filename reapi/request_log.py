@@ -57,10 +57,6 @@ def request_id(details: str) -> str:
 NORMAL = frozenset({"OK", "NOT_FOUND"})
 
 
-def enabled(code: str) -> bool:
-    return log.isEnabledFor(logging.INFO if code in NORMAL else logging.WARNING)
-
-
 def _value(value: Any) -> str:
     # Quoted (JSON string escapes) when empty or when it holds anything but a plain token:
     # what a client sent cannot start a field of its own or a line.
@@ -139,15 +135,23 @@ def call_done(
     # method and code are ours and the numbers are numbers; what a client or the database
     # gave goes through _value.
     micros = int(seconds * 1_000_000)  # an int formats faster than round()'s float
+    # _quote's memo read here, its call only on a miss: four calls fewer a line.
+    quoted = _quoted.get
+    invocation = meta.tool_invocation_id[:100]
     line = (
         f"method={method[1:]} code={code} duration_ms={micros // 1000}.{micros % 1000:03d}"
-        f" bytes={nbytes} tenant={_quote(tenant_slug)} token_prefix={_quote(prefix)}"
-        f" tool_invocation_id={_quote(meta.tool_invocation_id[:100])}"
-        f" action_id={_value(meta.action_id[:100])} peer={_quote(peer)}"
+        f" bytes={nbytes} tenant={quoted(tenant_slug) or _quote(tenant_slug)}"
+        f" token_prefix={quoted(prefix) or _quote(prefix)}"
+        f" tool_invocation_id={quoted(invocation) or _quote(invocation)}"
+        f" action_id={_value(meta.action_id[:100])} peer={quoted(peer) or _quote(peer)}"
     )
     if code != "OK":
         line += f" request_id={_value(request_id(details))} error={_value(details[:300])}"
-    _write(level, line)
+    sink = _sink
+    if sink is not None:
+        sink.add(line)
+    else:
+        log.log(level, "%s", line)
 
 
 class BatchingHandler(logging.Handler):

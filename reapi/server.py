@@ -147,8 +147,11 @@ def serve(cluster: str, listen: str, threads: int = 32, metrics_listen: str = ""
     _cheap_log_records()
     batches = request_log.write_in_batches(sys.stderr)
     readiness = Readiness(cluster, lambda serving: set_health(health_servicer, serving))
-    metrics.ENABLED = bool(metrics_listen or os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    folding = metrics.fold_every(0.5) if metrics.ENABLED else None
+    multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    metrics.ENABLED = bool(metrics_listen or multiprocess)
+    # A scrape of this process's own listener folds first; only the files a supervisor reads
+    # (--processes N) must be kept current without being asked.
+    folding = metrics.fold_every(0.5) if multiprocess else None
     if metrics_listen:
         metrics_http.start(metrics_listen, readiness.ready, (ExecutionCollector(cluster),))
     # Everything loaded so far (Django, protobuf, gRPC) lives as long as the process: keep it
