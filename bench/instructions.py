@@ -33,14 +33,17 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(1, str(BENCH))
 
-from bench import servers
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2
-from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc
-from tests.support.servers import free_port, stop_process
+import servers  # noqa: E402
+
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2  # noqa: E402
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc  # noqa: E402
+from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2  # noqa: E402
+from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc  # noqa: E402
+from tests.support.servers import free_port, stop_process  # noqa: E402
 
 WORKLOADS = ("gar", "read", "batchread", "findmissing", "batchupdate")
 WARM_UP = 200
