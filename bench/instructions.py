@@ -1,13 +1,14 @@
 """Instructions per call of our server, counted by valgrind's callgrind: a figure that does not
 move with the machine's load the way wall-clock throughput does (±20 % between runs here).
 
-    .venv/bin/python bench/instructions.py [--workloads gar,read,batchread,findmissing,batchupdate]
+    .venv/bin/python bench/instructions.py [--workloads gar,read,batchread,findmissing,...]
         [--observability on,off] [--calls 1000] [--server-tree PATH] [--bare]
 
 For each workload: `reapi serve --processes 1` (its own data directory, tenant and PAT, as
-bench/run.py) under `valgrind --tool=callgrind --instr-atstart=no`; 200 warm-up calls from one
-client thread, then instrumentation on (`callgrind_control -i on`) for `--calls` calls, off
-again; the server process's user-space instructions (every thread) divided by the calls.
+bench/run.py) under `valgrind --tool=callgrind --instr-atstart=no`; up to 200 warm-up calls
+(no more than are measured) from one client thread, then instrumentation on
+(`callgrind_control -i on`) for `--calls` calls, off again; the server process's user-space
+instructions (every thread) divided by the calls.
 
 `--server-tree PATH` serves the code of another checkout (e.g. a `git worktree` of an older
 commit: its manage.py, migrations and reapi/), with this checkout's client, so two revisions
@@ -45,7 +46,7 @@ from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2  # noqa: E402
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc  # noqa: E402
 from tests.support.servers import free_port, stop_process  # noqa: E402
 
-WORKLOADS = ("gar", "read", "batchread", "findmissing", "batchupdate")
+WORKLOADS = ("gar", "read", "batchread", "findmissing", "findmissing10k", "batchupdate")
 WARM_UP = 200
 
 
@@ -56,7 +57,8 @@ def digest(data: bytes) -> re_pb2.Digest:
 def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, Callable[[], None]]:
     """One call of each workload, against blobs and an action result stored here first: a
     GetActionResult of 4 outputs and stdout (bench/run.py's), a ByteStream Read of a 2 KiB blob,
-    BatchReadBlobs of 100 such blobs, FindMissingBlobs of 50 present and 50 absent, and
+    BatchReadBlobs of 100 such blobs, FindMissingBlobs of 50 present and the same 50 absent,
+    FindMissingBlobs of 10,000 (bench/run.py's: 5,000 present, 5,000 never seen), and
     BatchUpdateBlobs of 100 fresh 2 KiB blobs."""
     cas = re_grpc.ContentAddressableStorageStub(channel)
     ac = re_grpc.ActionCacheStub(channel)
@@ -103,7 +105,26 @@ def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, C
             timeout=60,
         )
 
+    # bench/run.py's FindMissingBlobs: 10,000 digests, 5,000 present and 5,000 never seen.
+    present_10k = []
+    for _ in range(10):
+        blobs = [os.urandom(1024) for _ in range(500)]
+        present_10k += [digest(b) for b in blobs]
+        cas.BatchUpdateBlobs(
+            re_pb2.BatchUpdateBlobsRequest(
+                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in blobs]
+            ),
+            metadata=md,
+            timeout=60,
+        )
+
+    def find_10k() -> None:
+        fresh = [digest(os.urandom(16)) for _ in range(5000)]
+        request = re_pb2.FindMissingBlobsRequest(blob_digests=present_10k + fresh)
+        cas.FindMissingBlobs(request, metadata=md, timeout=60)
+
     return {
+        "findmissing10k": find_10k,
         "gar": lambda: ac.GetActionResult(
             re_pb2.GetActionResultRequest(action_digest=action), metadata=md, timeout=60
         ),
@@ -147,7 +168,7 @@ def measure(workload: str, observed: bool, n: int, tree: Path, bare: bool) -> fl
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             _wait(channel, md, proc, work / "server.log")
             call = calls(channel, md)[workload]
-            for _ in range(WARM_UP):
+            for _ in range(min(WARM_UP, n)):  # a call of 10,000 digests warms up as much as 200 small ones
                 call()
             _control("-i", "on", proc.pid)
             for _ in range(n):

@@ -40,12 +40,6 @@ def tenant() -> str:
 current: contextvars.ContextVar[Call | None] = contextvars.ContextVar("call", default=None)
 
 
-def add_bytes(n: int) -> None:
-    call = current.get()
-    if call is not None:
-        call.bytes += n
-
-
 def request_id(details: str) -> str:
     found = REQUEST_ID.search(details)
     return found.group(1) if found else ""
