@@ -552,7 +552,9 @@ except OSError as exc:
 )
 
 
-def free_port() -> int:
+def any_port() -> int:
+    """A port for a listener inside an action's own network namespace, where every port is
+    free (tests.support.servers.free_port asks the host's)."""
     return 20000 + uuid.uuid4().int % 20000
 
 
@@ -588,7 +590,7 @@ def netns_holders(worker_pid: int) -> dict[str, int]:
 def test_two_actions_at_once_cannot_reach_each_other_over_loopback(
     client: Client, worker: WorkerProcess
 ) -> None:
-    port, marker = free_port(), uuid.uuid4().hex
+    port, marker = any_port(), uuid.uuid4().hex
     listening = ActionSpec(["/usr/bin/python3", "-c", LISTEN_FOREVER, str(port), marker]).upload(client)
     stream = execute_stream(client, listening)
     first = next(stream)
@@ -616,7 +618,7 @@ def test_a_listener_an_action_leaves_is_gone_for_the_next_in_its_network_namespa
     client: Client, net_worker: WorkerProcess
 ) -> None:
     assert net_worker.proc is not None
-    port, done_port = free_port(), free_port() + 1
+    port, done_port = any_port(), any_port() + 1
     for _ in range(2):  # one action after another on a worker running one at a time
         leave = ActionSpec(
             ["/usr/bin/python3", "-c", LEAVE_LISTENER, str(port)],
