@@ -44,7 +44,10 @@ tests/oidc-provider/node_modules/.installed: tests/oidc-provider/package-lock.js
 	cd tests/oidc-provider && npm ci --no-audit --no-fund
 	touch $@
 
-test: test-deps test-unit test-sqlite test-postgres test-s3
+# The three suites run in two streams side by side (tests/run-suites.sh): SQLite beside
+# PostgreSQL then S3. Each target below also runs alone.
+test: test-deps test-unit
+	@bash tests/run-suites.sh
 
 # The pure logic (routing, paths, parsing), in seconds; also part of test-sqlite.
 test-unit: venv
