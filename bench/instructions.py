@@ -2,7 +2,7 @@
 move with the machine's load the way wall-clock throughput does (±20 % between runs here).
 
     .venv/bin/python bench/instructions.py [--workloads gar,read,batchread,findmissing,...]
-        [--observability on,off] [--calls 1000] [--server-tree PATH] [--bare]
+        [--observability on,off,metrics,log] [--calls 1000] [--server-tree PATH] [--bare] [--keep DIR]
 
 For each workload: `reapi serve --processes 1` (its own data directory, tenant and PAT, as
 bench/run.py) under `valgrind --tool=callgrind --instr-atstart=no`; up to 200 warm-up calls
@@ -14,10 +14,12 @@ instructions (every thread) divided by the calls.
 commit: its manage.py, migrations and reapi/), with this checkout's client, so two revisions
 are compared call for call. `--bare` counts bench/bare.py instead (no auth, no storage).
 
-Background threads that wake on a timer (readiness every REAPI_READINESS_SECONDS, the metrics
-fold) run at their usual rate while valgrind slows the serving ~50-fold, so their share of a
-call is inflated: readiness is set to an hour here, and the fold's share is left in (it is a
-real cost of `on`, overstated). Not part of `make test`; needs valgrind (Debian's package).
+Work done once per interval of wall-clock time (readiness every REAPI_READINESS_SECONDS, the
+credential check against the database every REAPI_CREDENTIAL_TTL_SECONDS, the metrics fold, the
+request log's batched writes) runs at its usual rate while valgrind slows the serving ~50-fold,
+so its share of a call is inflated 50-fold, and moves with the machine's load: readiness and the
+credential TTL are set to an hour here (at full speed a 2 s TTL is one query per ~4,000 calls),
+and the rest is left in (a real cost of `on`, overstated). Not part of `make test`; needs valgrind (Debian's package).
 """
 
 import argparse
@@ -137,8 +139,9 @@ def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, C
     }
 
 
-def measure(workload: str, observed: bool, n: int, tree: Path, bare: bool) -> float:
-    """Thousands of instructions per call."""
+def measure(workload: str, mode: str, n: int, tree: Path, bare: bool, keep: Path | None = None) -> float:
+    """Thousands of instructions per call. `mode`: on (metrics and the request log), off (neither),
+    metrics or log (one of the two alone, to see which costs what)."""
     work = Path(tempfile.mkdtemp(prefix="reapi-instructions-"))
     try:
         port = free_port()
@@ -152,13 +155,14 @@ def measure(workload: str, observed: bool, n: int, tree: Path, bare: bool) -> fl
             ours.prepare()
             argv = [sys.executable, str(tree / "manage.py"), "reapi", "serve", "--cluster", "external"]
             argv += ["--listen", f"127.0.0.1:{port}", "--processes", "1"]
-            if observed:
+            if mode in ("on", "metrics"):
                 argv += ["--metrics-listen", f"127.0.0.1:{free_port()}"]
             md = ours.metadata
             env = {
                 **ours.env,
-                "REAPI_REQUEST_LOG": "all" if observed else "errors",
+                "REAPI_REQUEST_LOG": "all" if mode in ("on", "log") else "errors",
                 "REAPI_READINESS_SECONDS": "3600",
+                "REAPI_CREDENTIAL_TTL_SECONDS": "3600",
             }
         out = work / "callgrind.out"
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
@@ -182,6 +186,10 @@ def measure(workload: str, observed: bool, n: int, tree: Path, bare: bool) -> fl
             for f in work.glob("callgrind.out.*")
             for m in re.finditer(r"^totals: (\d+)", f.read_text(errors="replace"), re.M)
         )
+        if keep is not None:  # for callgrind_annotate: which functions the instructions went to
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in work.glob("callgrind.out.*"):
+                shutil.copy(f, keep / f"{workload}-{mode}-{f.name}")
         return total / n / 1000
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -216,10 +224,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--observability", default="off", help="on, off or on,off")
+    parser.add_argument(
+        "--observability", default="off", help="of on, off, metrics and log: e.g. on,off (default off)"
+    )
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--server-tree", type=Path, default=servers.ROOT)
     parser.add_argument("--bare", action="store_true", help="count bench/bare.py instead of ours")
+    parser.add_argument("--keep", type=Path, help="copy callgrind's output files into this directory")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed: apt-get install valgrind")
@@ -230,7 +241,7 @@ def main() -> None:
     tree = args.server_tree.resolve()
     for workload in workloads:
         for mode in args.observability.split(","):
-            k = measure(workload, mode == "on", args.calls, tree, args.bare)
+            k = measure(workload, mode, args.calls, tree, args.bare, args.keep)
             who = "bare" if args.bare else f"{tree.name} observability {mode}"
             print(f"{workload:12} {k:9.1f} k instructions/call  ({who})", flush=True)
 

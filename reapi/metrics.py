@@ -80,27 +80,30 @@ ENABLED = True
 
 
 class _Folder:
-    """Hands what the serving threads added to _TALLY (keys: a counter child, or a histogram
-    child and a bucket) to prometheus_client: one increment per key, of what was added since
-    the last fold."""
+    """Hands what the serving threads added to _TALLY (keys: a counter child, with a count, or
+    a histogram child, with a row of bucket counts and the sum) to prometheus_client: one
+    increment per count, of what was added since the last fold."""
 
     def __init__(self) -> None:
-        self._folded: dict[Hashable, float] = {}
+        self._folded: dict[Hashable, Any] = {}
         self._lock = threading.Lock()  # one fold at a time (the folder's thread, a scrape)
 
     def fold(self, tally: Tally) -> None:
         with self._lock:
             totals = tally.totals()
             for key, total in totals.items():
-                added = total - self._folded.get(key, 0)
-                if not added:
+                before = self._folded.get(key)
+                if isinstance(total, list):  # a histogram child's row: see _observe
+                    last = len(total) - 1
+                    for index, now in enumerate(total):
+                        added = now - (before[index] if before else 0)  # type: ignore[index]
+                        if added:
+                            # prometheus_client has no bulk observe: the child's own bucket
+                            # and sum values, which observe() increments one by one.
+                            (key._sum if index == last else key._buckets[index]).inc(added)  # type: ignore[attr-defined]
                     continue
-                if isinstance(key, tuple):  # (histogram child, bucket index, or -1 for the sum)
-                    child, index = key
-                    # prometheus_client has no bulk observe: the child's own bucket and sum
-                    # values, which observe() increments one by one.
-                    (child._sum if index < 0 else child._buckets[index]).inc(added)
-                else:
+                added = total - (before or 0)  # type: ignore[operator]
+                if added:
                     key.inc(added)  # type: ignore[attr-defined]
             self._folded = totals
 
@@ -110,13 +113,20 @@ _LOCAL = _TALLY.local
 _FOLDER = _Folder()
 
 
-def _observe(shard: dict[Hashable, float], histogram: Any, value: float) -> None:
-    """`histogram.observe(value)` into this thread's tally: its bucket (the first whose bound is
-    not below the value, as prometheus_client chooses) and its sum."""
-    bucket = (histogram, bisect.bisect_left(histogram._upper_bounds, value))
-    shard[bucket] = shard.get(bucket, 0) + 1
-    total = (histogram, -1)
-    shard[total] = shard.get(total, 0) + value
+def _observe(shard: dict[Hashable, Any], histogram: Any, value: float) -> None:
+    """`histogram.observe(value)` into this thread's tally: the row of the histogram child holds
+    a count per bucket, then the sum. The bucket is the first whose bound is not below the
+    value, as prometheus_client chooses. A row, not a key per bucket: an observation builds no
+    tuple and hashes nothing but the child."""
+    row = shard.get(histogram)
+    if row is None:
+        row = shard[histogram] = _row(histogram)
+    row[bisect.bisect_left(histogram._upper_bounds, value)] += 1
+    row[-1] += value
+
+
+def _row(histogram: Any) -> list[float]:
+    return [0] * len(histogram._upper_bounds) + [0.0]
 
 
 class _Tallied:
@@ -156,13 +166,14 @@ def fold_every(seconds: float) -> threading.Event:
 class Method:
     """The label children of one gRPC method, made on its first call."""
 
-    __slots__ = ("handled", "handling", "labels", "started")
+    __slots__ = ("bounds", "handled", "handling", "labels", "started")
 
     def __init__(self, full_method: str, grpc_type: str) -> None:
         service, _, name = full_method.lstrip("/").rpartition("/")
         self.labels = (grpc_type, service, name)
         self.started = _Tallied(STARTED.labels(*self.labels))
         self.handling = HANDLING.labels(*self.labels)
+        self.bounds = self.handling._upper_bounds
         self.handled: dict[str, Any] = {}  # by the code's name
 
     def done(self, code: str, seconds: float) -> None:
@@ -172,7 +183,12 @@ class Method:
             child = self.handled[code] = HANDLED.labels(*self.labels, code)
         shard = getattr(_LOCAL, "shard", None) or _TALLY.shard()
         shard[child] = shard.get(child, 0) + 1
-        _observe(shard, self.handling, seconds)
+        # _observe inlined: once every RPC.
+        row = shard.get(self.handling)
+        if row is None:
+            row = shard[self.handling] = _row(self.handling)
+        row[bisect.bisect_left(self.bounds, seconds)] += 1
+        row[-1] += seconds
 
 
 class Uncounted:

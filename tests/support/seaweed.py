@@ -55,6 +55,10 @@ def weed_binary() -> str:
     return found
 
 
+class _ExitedEarly(Exception):
+    pass
+
+
 class SeaweedS3:
     def __init__(self, root: Path, bucket: str | None = None) -> None:
         self.root = root
@@ -105,7 +109,25 @@ class SeaweedS3:
                 total += int(float(line.rsplit(" ", 1)[1]))
         return total
 
-    def start(self) -> "SeaweedS3":
+    def start(self, attempts: int = 3) -> "SeaweedS3":
+        """Start weed mini and wait until its bucket takes writes. A weed that exits at once is
+        started again on other free ports, at most `attempts` times in all: a port free_port
+        found can be taken by another process (another suite runs side by side) before weed
+        binds it."""
+        for attempt in range(1, attempts + 1):
+            self._spawn()
+            try:
+                self._wait_ready()
+                return self
+            except _ExitedEarly as exc:
+                if attempt == attempts:
+                    raise RuntimeError(str(exc)) from None
+                self.ports = {flag: free_port() for flag in PORT_FLAGS}
+                self.port = self.ports["s3.port"]
+                self.endpoint = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         args = [
@@ -122,10 +144,13 @@ class SeaweedS3:
         ]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                args, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                args,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
-        self._wait_ready()
-        return self
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         assert self.proc is not None
@@ -133,7 +158,10 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited early:\n{self.log.read_text()[-3000:]}")
+                raise _ExitedEarly(
+                    f"weed mini exited early (status {self.proc.returncode}):\n"
+                    f"{self.log.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 client.put_object(Bucket=self.bucket, Key=".ready", Body=b"1")
                 client.delete_object(Bucket=self.bucket, Key=".ready")
