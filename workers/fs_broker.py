@@ -62,7 +62,7 @@ class Channel(filesystem.Channel):
 class Transport(filesystem.Transport):
     Channel = Channel
 
-    def drain_events(self, connection: Any, timeout: Any = None) -> Any:
+    def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
         """Wait up to `timeout` for a message, in slices: Celery's consumer loop waits here 2 s
         at a time and only then looks whether it was told to stop (SIGTERM), so each stop of
         an idle worker took 2 s longer than it needed. Between slices the shutdown is seen."""
