@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +49,16 @@ from reapi.gen.google.bytestream import bytestream_pb2 as bs_pb2  # noqa: E402
 from reapi.gen.google.bytestream import bytestream_pb2_grpc as bs_grpc  # noqa: E402
 from tests.support.servers import free_port, stop_process  # noqa: E402
 
-WORKLOADS = ("gar", "read", "batchread", "findmissing", "findmissing10k", "batchupdate")
+WORKLOADS = (
+    "gar",
+    "read",
+    "batchread",
+    "findmissing",
+    "findmissing10k",
+    "batchupdate",
+    "write64m",
+    "read64m",
+)
 WARM_UP = 200
 
 
@@ -60,8 +70,9 @@ def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, C
     """One call of each workload, against blobs and an action result stored here first: a
     GetActionResult of 4 outputs and stdout (bench/run.py's), a ByteStream Read of a 2 KiB blob,
     BatchReadBlobs of 100 such blobs, FindMissingBlobs of 50 present and the same 50 absent,
-    FindMissingBlobs of 10,000 (bench/run.py's: 5,000 present, 5,000 never seen), and
-    BatchUpdateBlobs of 100 fresh 2 KiB blobs."""
+    FindMissingBlobs of 10,000 (bench/run.py's: 5,000 present, 5,000 never seen),
+    BatchUpdateBlobs of 100 fresh 2 KiB blobs, and bench/run.py's ByteStream: a fresh 64 MiB
+    blob written in 1 MiB chunks, and one read (use a small --calls for these two)."""
     cas = re_grpc.ContentAddressableStorageStub(channel)
     ac = re_grpc.ActionCacheStub(channel)
     bs = bs_grpc.ByteStreamStub(channel)
@@ -107,6 +118,38 @@ def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, C
             timeout=60,
         )
 
+    # bench/run.py's ByteStream: a 64 MiB blob written in 1 MiB chunks (a fresh one each call),
+    # and one read back (written by the first, warm-up, call).
+    big: list[bytes] = []
+
+    def write_big() -> re_pb2.Digest:
+        if not big:
+            big.append(os.urandom(64 * 1024 * 1024))
+        data = os.urandom(16) + big[0][16:]  # fresh, so the server stores it again
+        d = digest(data)
+        name = f"uploads/{uuid.uuid4()}/blobs/{d.hash}/{d.size_bytes}"
+        chunk = 1024 * 1024
+        requests = (
+            bs_pb2.WriteRequest(
+                resource_name=name if i == 0 else "",
+                write_offset=i,
+                data=data[i : i + chunk],
+                finish_write=i + chunk >= len(data),
+            )
+            for i in range(0, len(data), chunk)
+        )
+        bs.Write(requests, metadata=md, timeout=600)
+        return d
+
+    written: list[re_pb2.Digest] = []
+
+    def read_big() -> None:
+        if not written:
+            written.append(write_big())
+        name = f"blobs/{written[0].hash}/{written[0].size_bytes}"
+        for _ in bs.Read(bs_pb2.ReadRequest(resource_name=name), metadata=md, timeout=600):
+            pass
+
     # bench/run.py's FindMissingBlobs: 10,000 digests, 5,000 present and 5,000 never seen.
     present_10k = []
     for _ in range(10):
@@ -136,6 +179,8 @@ def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, C
         ),
         "findmissing": lambda: cas.FindMissingBlobs(find, metadata=md, timeout=60),
         "batchupdate": batch_update,
+        "write64m": write_big,
+        "read64m": read_big,
     }
 
 

@@ -22,7 +22,8 @@ def observed(
     """`inner` counted in the grpc_server_* metrics and logged, one line, by reapi.request_log."""
     counters = metrics.method(method, grpc_type)
     slug = who.tenant if who is not None else ""
-    logged = not method.startswith(PUBLIC_PREFIXES)  # probes every few seconds: counted only
+    # Probes every few seconds: counted only.
+    lines = None if method.startswith(PUBLIC_PREFIXES) else request_log.Lines(method, who)
     if streaming_response:
 
         def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -40,7 +41,7 @@ def observed(
                 failure = grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                _done(counters, context, start, call, failure, method, who, logged)
+                _done(counters, context, start, call, failure, lines)
 
         return run_stream
 
@@ -57,7 +58,7 @@ def observed(
             raise
         finally:
             request_log.current.reset(token)
-            _done(counters, context, start, call, failure, method, who, logged)
+            _done(counters, context, start, call, failure, lines)
 
     return run
 
@@ -72,9 +73,7 @@ def _done(
     start: float,
     call: request_log.Call,
     failure: grpc.StatusCode | None,
-    method: str,
-    who: auth.Principal | None,
-    logged: bool,
+    lines: request_log.Lines | None,
 ) -> None:
     seconds = time.perf_counter() - start
     # An abort (every error of ours) set the code; an exception past it is grpcio's UNKNOWN.
@@ -83,14 +82,12 @@ def _done(
     # takes neither.
     name = "OK" if code is _OK else code.name
     counters.done(name, seconds)
-    if logged and request_log.log.isEnabledFor(_INFO if name in request_log.NORMAL else _WARNING):
+    if lines is not None and request_log.log.isEnabledFor(_INFO if name in request_log.NORMAL else _WARNING):
         details = context.details() if code is not _OK else b""  # type: ignore[attr-defined]
-        request_log.call_done(
-            method,
+        lines.done(
             name,
             seconds,
             call.bytes,
-            who,
             request_metadata.of_call(context),  # type: ignore[arg-type]
             context.peer(),
             details.decode("utf-8", "replace") if isinstance(details, bytes) else str(details or ""),
