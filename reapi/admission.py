@@ -162,6 +162,17 @@ def _with_principal(
 
         return run_stream
 
+    if slot is None:
+        # No stream slot to take (a unary call, or no limits): what most calls are.
+        def run_plain(request: Any, context: grpc.ServicerContext) -> Any:
+            token = current_principal.set(who)
+            try:
+                return inner(request, context)
+            finally:
+                current_principal.reset(token)
+
+        return run_plain
+
     def run(request: Any, context: grpc.ServicerContext) -> Any:
         ticket = _open_stream(slot, who, context)
         token = current_principal.set(who)
