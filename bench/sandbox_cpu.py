@@ -173,7 +173,7 @@ def chain(exec_dir: Path, lend: bool) -> Callable[[], None]:
 
 
 def standby(exec_dir: Path) -> Callable[[], None]:
-    """A standby sandbox-exec in a fresh pair of cgroups, ended unused: the chain's cgroup cost."""
+    """A standby sandbox-exec in the worker's cgroups, ended unused: the chain's cgroup cost."""
     from workers import sandbox
     from workers.pools import Limits
 
@@ -184,7 +184,7 @@ def standby(exec_dir: Path) -> Callable[[], None]:
         waiting = sandbox._standbys._start(box, limits)
         waiting.hand_over([])
         waiting.proc.wait()
-        waiting.group.remove()
+        sandbox._standbys.give_back(waiting.group)
 
     return once
 

@@ -38,7 +38,6 @@ The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a
 outside the sandbox.
 """
 
-import itertools
 import logging
 import os
 import shutil
@@ -272,7 +271,7 @@ def run(
             outcome = process.supervise(standby.proc, timeout, cancelled, base / "pgid", watch=watch.check)
             message = _explain(outcome, limits, standby.group, watch)
         finally:
-            emptied = standby.group.remove()
+            emptied = _standbys.give_back(standby.group)
             if lent is not None:
                 # Only once every process of the action is gone (see workers/netns.py).
                 _namespaces.give_back(lent, emptied)
@@ -299,12 +298,13 @@ class _Standby:
 
 
 class _Standbys:
-    """sandbox-exec processes started ahead of the actions that will use them."""
+    """sandbox-exec processes started ahead of the actions that will use them, each in a group
+    of the worker's pool (workers/cgroups.py)."""
 
     def __init__(self) -> None:
         self._ready: dict[Limits, list[_Standby]] = {}
         self._lock = threading.Lock()
-        self._serial = itertools.count()
+        self._groups: cgroups.Pool | None = None
 
     def take(self, sandbox: Sandbox, limits: Limits) -> _Standby:
         with self._lock:
@@ -318,20 +318,34 @@ class _Standbys:
         with self._lock:
             self._ready.setdefault(limits, []).append(standby)
 
+    def give_back(self, group: cgroups.ActionGroup) -> bool:
+        """An action's group after its run (see cgroups.Pool.give_back)."""
+        assert self._groups is not None
+        return self._groups.give_back(group)
+
     def release(self) -> None:
-        """End the ones waiting (a closed stdin ends them) and remove their cgroups."""
+        """End the ones waiting (a closed stdin ends them) and remove every group of the pool."""
         with self._lock:
             waiting = [standby for ready in self._ready.values() for standby in ready]
             self._ready.clear()
+            groups = self._groups
         for standby in waiting:
             standby.hand_over([])
             standby.proc.wait()
             standby.group.remove()
+        if groups is not None:
+            groups.release()
+
+    def _pool(self, controllers: cgroups.Controllers) -> cgroups.Pool:
+        with self._lock:
+            if self._groups is None:
+                self._groups = cgroups.Pool(controllers, group_prefix(os.getpid()))
+            return self._groups
 
     def _start(self, sandbox: Sandbox, limits: Limits) -> _Standby:
         assert sandbox.controllers is not None
-        group = sandbox.controllers.group(f"{group_prefix(os.getpid())}next-{next(self._serial)}")
-        group.create(limits.memory, limits.pids)
+        groups = self._pool(sandbox.controllers)
+        group = groups.take(limits.memory, limits.pids)
         try:
             proc = subprocess.Popen(
                 [sandbox.starter, "--standby", *group.procs_files()],
@@ -342,7 +356,7 @@ class _Standbys:
                 close_fds=True,
             )
         except BaseException:
-            group.remove()
+            groups.give_back(group)
             raise
         return _Standby(group, proc)
 

@@ -14,11 +14,16 @@
  *
  * --standby: joins the cgroups named, then waits for the rest on stdin: NUL-terminated fields
  * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP [ARG...], opens STDOUT and STDERR
- * (stdin becomes /dev/null) and goes on as above. Moving a process into a cgroup waits for an
- * RCU grace period (the kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a
- * worker starts the next action's sandbox-exec, in the next action's cgroups, while the current
- * one runs, so that wait is not an action's. It exits quietly when stdin closes with nothing on
- * it.
+ * (stdin becomes /dev/null) and goes on as above, except that BWRAP runs as its child: this
+ * process, by then with the sandbox's uid and no capability, stays to reap it and, as their
+ * child subreaper, every process of the action orphaned meanwhile, and exits as BWRAP did once
+ * none is left. bwrap exits as soon as the command has, before its own init (pid 1 of the
+ * sandbox) is reaped; that init would otherwise go to the host's init, and until reaped count
+ * in the cgroup's pids.current, the limit of the next action lent the same cgroup
+ * (workers/cgroups.py). Moving a process into a cgroup waits for an RCU grace period (the
+ * kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a worker starts the next
+ * action's sandbox-exec, in the next action's cgroups, while the current one runs, so that wait
+ * is not an action's. It exits quietly when stdin closes with nothing on it.
  *
  * --netns: holds a network namespace of its own with only `lo`, up, for the worker to lend to
  * actions one at a time (NETNS above): prints "ready" once it exists, then waits for stdin to
@@ -39,10 +44,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int fail(const char *what, const char *arg) {
@@ -88,8 +96,30 @@ static int join(long long pid, char **procs, int count) {
     return 0;
 }
 
-/* The launch proper, from NOFILE on (see the top); returns only on failure. */
-static int launch(int argc, char **argv) {
+/* Waits for every child, adopted ones too, until none is left; then ends as `child` did: its
+ * exit status, or killed by the same signal. */
+static int reap_all(pid_t child) {
+    int status = 125 << 8;
+    for (;;) {
+        int got_status;
+        pid_t got = waitpid(-1, &got_status, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            break; /* ECHILD: none left */
+        if (got == child)
+            status = got_status;
+    }
+    if (WIFSIGNALED(status)) {
+        signal(WTERMSIG(status), SIG_DFL);
+        kill(getpid(), WTERMSIG(status));
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 125;
+}
+
+/* The launch proper, from NOFILE on (see the top); returns only on failure, or with `reap` (the
+ * standby's launch) BWRAP's exit status once every process under this one is reaped. */
+static int launch(int argc, char **argv, int reap) {
     if (argc < 9) {
         dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP...\n");
         return 125;
@@ -134,10 +164,22 @@ static int launch(int argc, char **argv) {
         if (syscall(SYS_capset, &header, data) != 0)
             return fail("capset", "none");
     }
+    if (reap) {
+        /* Not inherited by the child: bwrap's init, orphaned when bwrap exits, comes here. */
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+            return fail("prctl", "PR_SET_CHILD_SUBREAPER");
+        pid_t child = fork();
+        if (child < 0)
+            return fail("fork", program[0]);
+        if (child > 0)
+            return reap_all(child);
+    }
     char *no_env[] = {NULL};
     execve(program[0], program, no_env);
     int code = errno == ENOENT ? 127 : 126;
     dprintf(2, "cannot run '%s': %s\n", program[0], strerror(errno));
+    if (reap)
+        _exit(code);
     return code;
 }
 
@@ -196,7 +238,7 @@ static int standby(int argc, char **argv) {
     if (null < 0 || out < 0 || err < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         return fail("cannot open", fields[0]);
     close(null);
-    return launch(count - 2, fields + 2);
+    return launch(count - 2, fields + 2, 1);
 }
 
 static int hold_netns(void) {
@@ -227,5 +269,5 @@ int main(int argc, char **argv) {
         return hold_netns();
     if (argc >= 2 && strcmp(argv[1], "--standby") == 0)
         return standby(argc - 2, argv + 2);
-    return launch(argc - 1, argv + 1);
+    return launch(argc - 1, argv + 1, 0);
 }
