@@ -6,6 +6,9 @@ controller (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/pids`), and the unified cgr
 hierarchy with both controllers enabled. Where neither can be written (a worker that is not
 root, or a container without them), `Controllers.find()` returns None and the sandbox falls
 back to rlimits, which it says on the Workers page.
+
+A worker process keeps its groups and lends each to one action at a time (`Pool`), rather than
+making and removing one per action; see `Pool` for why that is as safe as a new group.
 """
 
 import contextlib

@@ -31,9 +31,12 @@ groups and no capabilities) -> `bwrap` ->
 shell) -> the command. One static program rather than a shell and setpriv saves an exec and
 ~1.5 ms of CPU per action; dropping the uid in the chain rather than in the worker lets Python
 start it with vfork. Where there are cgroups, an action's sandbox-exec is started ahead, while
-the action before it runs: it joins the cgroups made for it (a move into a cgroup waits for an
-RCU grace period, ~10 ms here) and waits on stdin for its stdout, stderr and the rest of its
-arguments (`--standby`), so the action does not wait for the move.
+the action before it runs: it joins the action's cgroups (a move into a cgroup waits for an RCU
+grace period, ~10 ms here) and waits on stdin for its stdout, stderr and the rest of its
+arguments (`--standby`), so the action does not wait for the move. Then it runs bwrap as its
+child and stays, as child subreaper, until every process of the action is reaped (bwrap's init
+outlives bwrap). The cgroups are the worker's, lent to one action at a time and taken back
+only once empty (workers/cgroups.py, `Pool`).
 The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a process
 outside the sandbox.
 """
