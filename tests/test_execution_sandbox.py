@@ -40,7 +40,7 @@ from tests.support.polling import wait_for
 from tests.support.reapi_client import Client
 from tests.support.servers import ReapiServer, manage
 from tests.support.tenants import Persona
-from workers import cgroups, sandbox
+from workers import cgroups, mntns, sandbox
 
 SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
 SANDBOX_ENV = {
@@ -477,9 +477,12 @@ def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leave
         assert seen[0][0] != seen[1][0] and seen[0][0] == seen[2][0], seen
         holders = netns_holders(ahead.proc.pid)
         assert holders  # the network namespaces it lends its actions
+        mount_holders = children_running(ahead.proc.pid, "--mntns")
+        assert len(mount_holders) == 1, mount_holders  # the mount namespace its actions start from
     assert sandbox_groups(prefix) == []
     assert not pid_alive(int(standby))
     assert not [pid for pid in holders.values() if pid_alive(pid)]
+    assert not [pid for pid in mount_holders if pid_alive(pid)]
 
 
 # An action the test watches from the host: it waits for SIGUSR1, then does what argv[1] says.
@@ -601,6 +604,35 @@ def test_a_process_an_action_leaves_running_ends_with_it_and_is_not_in_its_group
     assert group in [g for g, _reply in later]  # the group was lent again
     for _group, after in later:
         assert after.result.exit_code == 0 and after.message == "", after
+
+
+def launcher_of(pid: int) -> int:
+    """The action's sandbox-exec, above bwrap and its init: the first of `pid`'s ancestors run
+    with --standby."""
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if "--standby" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return pid
+    raise AssertionError("no sandbox-exec above the action")
+
+
+def test_an_action_is_launched_from_a_mount_namespace_without_the_hosts_other_mounts(
+    client: Client, tight_worker: WorkerProcess
+) -> None:
+    host = mntns.mountpoints(Path("/proc/self/mountinfo").read_text())
+    assert "/sys" in host, "this test needs a host with /sys mounted"
+    seen: list[list[str]] = []
+
+    def look(pid: int, _group: str) -> None:
+        seen.append(mntns.mountpoints(Path(f"/proc/{launcher_of(pid)}/mountinfo").read_text()))
+
+    for _ in range(2):  # one namespace for both
+        _group, reply = run_watched(client, "ok", look=look)
+        assert reply.result.exit_code == 0 and reply.message == "", reply
+    for mounts in seen:
+        assert "/" in mounts and "/proc" in mounts and "/dev" in mounts, mounts
+        assert not [m for m in mounts if m == "/sys" or m.startswith(("/sys/", "/dev/"))], mounts
+        assert len(mounts) < len(host)
 
 
 def test_a_pooled_group_is_lent_with_each_actions_limits_and_never_with_a_process_counted() -> None:
@@ -751,6 +783,17 @@ def listening_pid(marker: str, port: int) -> int | None:
         if any(line.split()[1] == local and line.split()[3] == "0A" for line in table):  # LISTEN
             return pid
     return None
+
+
+def children_running(parent: int, argument: str) -> list[int]:
+    """The live child processes of `parent` with `argument` as their first argument."""
+    found = []
+    for pid, cmdline in pids_running(argument).items():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and cmdline.split()[1:2] == [argument]:
+                found.append(pid)
+    return found
 
 
 def netns_holders(worker_pid: int) -> dict[str, int]:

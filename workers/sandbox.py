@@ -25,8 +25,10 @@ Commands arrive from workstations over the internet, so each runs with:
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
 `sandbox-exec` (workers/sandbox_exec.c, a small static program: joins the lent network
-namespace, sets the action's rlimits and drops to the sandbox's uid with no supplementary
-groups and no capabilities) -> `bwrap` ->
+namespace and, on a root worker, the mount namespace the worker keeps for launches (the host's
+less the mounts no action needs, so that bwrap's many re-reads of the mount table cost less:
+workers/mntns.py), sets the action's rlimits and drops to the sandbox's uid with no
+supplementary groups and no capabilities) -> `bwrap` ->
 `sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as in a
 shell) -> the command. One static program rather than a shell and setpriv saves an exec and
 ~1.5 ms of CPU per action; dropping the uid in the chain rather than in the worker lets Python
@@ -56,7 +58,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from reapi.errors import InvalidArgument
-from workers import cgroups, netns, process, sandbox_exec
+from workers import cgroups, mntns, netns, process, sandbox_exec
 from workers.pools import Limits
 
 log = logging.getLogger(__name__)
@@ -246,7 +248,7 @@ def run(
     watch = _OutputWatch(base, limits.output, input_bytes)
     if sandbox.controllers is None:
         chain = [
-            *_first_step(sandbox, limits, with_group=False, netns_path="-"),
+            *_first_step(sandbox, limits, with_group=False, netns_path="-", mntns_path="-"),
             *_sandbox(sandbox, limits, network, root, workdir, argv, env),
         ]
         outcome = process.run(
@@ -258,11 +260,19 @@ def run(
         stdout.write_bytes(b"")
         stderr.write_bytes(b"")
         standby = _standbys.take(sandbox, limits)
-        lent = None
+        lent = mounts = None
         try:
             if sandbox.lends_netns and not network:
                 lent = _namespaces.take(sandbox.starter)
-            first = _first_step(sandbox, limits, with_group=True, netns_path=lent.path if lent else "-")
+            if sandbox.lends_netns:
+                mounts = _mounts.take(sandbox.starter, _kept_trees(sandbox, base), ("/dev", "/tmp"))
+            first = _first_step(
+                sandbox,
+                limits,
+                with_group=True,
+                netns_path=lent.path if lent else "-",
+                mntns_path=mounts.path if mounts else "-",
+            )
             request = [str(stdout), str(stderr), *first[1:]]
             request += _sandbox(sandbox, limits, network or lent is not None, root, workdir, argv, env)
             standby.hand_over(request)
@@ -275,6 +285,7 @@ def run(
             message = _explain(outcome, limits, standby.group, watch)
         finally:
             emptied = _standbys.give_back(standby.group)
+            _mounts.give_back(mounts)  # its sandbox-exec joined it long ago
             if lent is not None:
                 # Only once every process of the action is gone (see workers/netns.py).
                 _namespaces.give_back(lent, emptied)
@@ -366,19 +377,31 @@ class _Standbys:
 
 _standbys = _Standbys()
 _namespaces = netns.Pool()
+_mounts = mntns.Keeper()
 
 
 def release_standbys() -> None:
-    """At a worker's end: no sandbox-exec, cgroup or network namespace of its own is left
+    """At a worker's end: no sandbox-exec, cgroup, network or mount namespace of its own is left
     behind."""
     _standbys.release()
     _namespaces.release()
+    _mounts.release()
 
 
-def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: str) -> list[str]:
+def _kept_trees(sandbox: Sandbox, base: Path) -> list[str]:
+    """What the mount namespace actions start from must keep mounted (workers/mntns.py): what
+    bwrap binds, the exec directory, /proc, bwrap's own directory."""
+    dirs = [*SYSTEM_DIRS, *settings.REAPI_SANDBOX_READ_ONLY, *SYSTEM_LINKS]
+    dirs += [str(base.parent), "/proc", os.path.dirname(sandbox.bwrap)]
+    return sorted({path for d in dirs for path in (d, os.path.realpath(d))})
+
+
+def _first_step(
+    sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: str, mntns_path: str
+) -> list[str]:
     """sandbox-exec and its arguments up to `--`. Open files and file size are per process, core
     files off; without a cgroup, per-process limits on memory and processes are the best there
-    is. `netns_path`: the network namespace it joins, "-" for none."""
+    is. `netns_path`, `mntns_path`: the network and mount namespaces it joins, "-" for none."""
     memory, pids = ("-", "-") if with_group else (str(limits.memory), str(limits.pids))
     uid, gid = (str(sandbox.owner[0]), str(sandbox.owner[1])) if sandbox.owner else ("-", "-")
     return [
@@ -390,6 +413,7 @@ def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: 
         uid,
         gid,
         netns_path,
+        mntns_path,
         "--",
     ]
 
