@@ -204,6 +204,25 @@ def bwrap_as_actions(exec_dir: Path, shim: bool) -> Callable[[], None]:
     return command([box.bwrap, *opts, "--", *tail])
 
 
+def launch(exec_dir: Path, mounts: bool) -> Callable[[], None]:
+    """sandbox-exec then bwrap with an action's options, the shim and `true`, in the host's
+    network namespace and as root (no uid given), from the worker's mount namespace for
+    launches (workers/mntns.py) or from the host's: what that namespace saves."""
+    from workers import sandbox
+    from workers.pools import Limits
+
+    box = sandbox.current(exec_dir)
+    limits = Limits(memory=1 << 30, pids=256, nofile=1024, file_size=1 << 30, output=1 << 30)
+    root = exec_dir / "bwrap-root"
+    root.mkdir(exist_ok=True)
+    holder = sandbox._mounts.take(box.starter, lambda: sandbox._kept(box, root)) if mounts else None
+    first = sandbox._first_step(
+        box, limits, with_group=True, netns_path="-", mntns_path=holder.path if holder else "-"
+    )
+    opts = sandbox.bwrap_options(limits, True, root, ".", {"PATH": "/usr/bin:/bin"})
+    return command([*first, box.bwrap, *opts, "--", sandbox.SH, "-c", 'exec "$@"', "sh", "/bin/true"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,6 +265,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
         "standby": lambda: standby(exec_dir),
         "bwrap-as-actions": lambda: bwrap_as_actions(exec_dir, shim=False),
         "bwrap-as-actions+sh": lambda: bwrap_as_actions(exec_dir, shim=True),
+        "launch": lambda: launch(exec_dir, mounts=False),
+        "launch-mntns": lambda: launch(exec_dir, mounts=True),
     }
     names = args.only.split(",") if args.only else list(makers)
     unknown = [name for name in names if name not in makers]

@@ -27,7 +27,7 @@ import re
 import select
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from workers import netns
 
@@ -98,14 +98,15 @@ class Keeper:
         self._watch: int | None = None
         self._failed = False
 
-    def take(self, starter: str, keep_trees: Iterable[str], keep_points: Iterable[str]) -> Holder | None:
-        """The namespace for one action's launch, until give_back; None: the worker's own."""
+    def take(self, starter: str, keep: Callable[[], tuple[list[str], list[str]]]) -> Holder | None:
+        """The namespace for one action's launch, until give_back; None: the worker's own.
+        `keep`: the trees and the points to keep (see to_detach), asked for a new one only."""
         with self._lock:
             if self._failed:
                 return None
             if self._current is None or not self._current.alive() or self._changed():
                 self._retire(self._current)
-                self._current = self._start(starter, keep_trees, keep_points)
+                self._current = self._start(starter, *keep())
                 if self._current is None:
                     return None
             holder = self._current

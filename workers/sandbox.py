@@ -43,6 +43,7 @@ The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a
 outside the sandbox.
 """
 
+import functools
 import logging
 import os
 import shutil
@@ -265,7 +266,7 @@ def run(
             if sandbox.lends_netns and not network:
                 lent = _namespaces.take(sandbox.starter)
             if sandbox.lends_netns:
-                mounts = _mounts.take(sandbox.starter, _kept_trees(sandbox, base), ("/dev", "/tmp"))
+                mounts = _mounts.take(sandbox.starter, functools.partial(_kept, sandbox, base))
             first = _first_step(
                 sandbox,
                 limits,
@@ -388,12 +389,13 @@ def release_standbys() -> None:
     _mounts.release()
 
 
-def _kept_trees(sandbox: Sandbox, base: Path) -> list[str]:
-    """What the mount namespace actions start from must keep mounted (workers/mntns.py): what
-    bwrap binds, the exec directory, /proc, bwrap's own directory."""
+def _kept(sandbox: Sandbox, base: Path) -> tuple[list[str], list[str]]:
+    """What the mount namespace actions start from must keep mounted (workers/mntns.py): the
+    trees of what bwrap binds, the exec directory, /proc and bwrap's own directory; /dev and
+    /tmp themselves."""
     dirs = [*SYSTEM_DIRS, *settings.REAPI_SANDBOX_READ_ONLY, *SYSTEM_LINKS]
     dirs += [str(base.parent), "/proc", os.path.dirname(sandbox.bwrap)]
-    return sorted({path for d in dirs for path in (d, os.path.realpath(d))})
+    return sorted({path for d in dirs for path in (d, os.path.realpath(d))}), ["/dev", "/tmp"]
 
 
 def _first_step(
