@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -633,6 +634,47 @@ def test_an_action_is_launched_from_a_mount_namespace_without_the_hosts_other_mo
         assert "/" in mounts and "/proc" in mounts and "/dev" in mounts, mounts
         assert not [m for m in mounts if m == "/sys" or m.startswith(("/sys/", "/dev/"))], mounts
         assert len(mounts) < len(host)
+
+
+def test_the_namespace_actions_start_from_is_made_again_when_a_mount_it_keeps_changes(
+    client: Client, tight_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    assert tight_worker.proc is not None
+    exec_dir = Path(settings.REAPI_EXEC_DIR, f"{socket.gethostname()}-{tight_worker.proc.pid}")
+    assert exec_dir.is_dir()
+    elsewhere, inside = tmp_path / "elsewhere", exec_dir / f"mounted-{uuid.uuid4().hex}"
+    seen: list[tuple[list[int], list[str]]] = []
+
+    def look(pid: int, _group: str) -> None:
+        launcher = launcher_of(pid)
+        seen.append(
+            (
+                children_running(tight_worker.proc.pid, "--mntns"),  # type: ignore[union-attr]
+                mntns.mountpoints(Path(f"/proc/{launcher}/mountinfo").read_text()),
+            )
+        )
+
+    def run_with_tmpfs_at(path: Path | None) -> None:
+        if path is not None:
+            path.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], check=True)
+        try:
+            _group, reply = run_watched(client, "ok", look=look)
+            assert reply.result.exit_code == 0, reply
+        finally:
+            if path is not None:
+                subprocess.run(["umount", str(path)], check=True)
+                path.rmdir()
+
+    run_with_tmpfs_at(None)
+    run_with_tmpfs_at(elsewhere)  # a mount no action needs: the same namespace, without it
+    run_with_tmpfs_at(inside)  # one in the exec directory: a new namespace, with it
+    run_with_tmpfs_at(None)  # gone again: a new one, without it
+    holders = [holder for holder, _mounts in seen]
+    assert all(len(h) == 1 for h in holders), holders
+    assert holders[0] == holders[1] != holders[2] != holders[3], holders
+    assert str(elsewhere) not in seen[1][1]
+    assert str(inside) in seen[2][1] and str(inside) not in seen[3][1]
 
 
 def test_a_pooled_group_is_lent_with_each_actions_limits_and_never_with_a_process_counted() -> None:

@@ -15,9 +15,10 @@ What stays: `/`, every mount at, above or below what the sandbox binds or bwrap 
 /etc, the other system directories, REAPI_SANDBOX_READ_ONLY, the exec directory, /proc and
 what is below it), and /dev and /tmp themselves (bwrap binds /dev's device nodes, and mounts
 its own root at /tmp). The namespace is a slave of the host's, so what the host mounts where
-it shares propagation reaches it; and when the host's mount table changes at all (a poll on
-/proc/self/mountinfo says so) the next action gets a new namespace, made from the table as it
-is then. One an action was given stays until that action's run is over. Where the holder
+it shares propagation reaches it; and when the host's mount table changes (a poll on
+/proc/self/mountinfo says so) in what the namespace keeps (a mount, an unmount or a remount
+there), the next action gets a new namespace, made from the table as it is then. One an action
+was given stays until that action's run is over. Where the holder
 cannot be made, actions start from the worker's own namespace, as before.
 """
 
@@ -96,20 +97,25 @@ class Keeper:
         self._users: dict[Holder, int] = {}
         self._retired: set[Holder] = set()
         self._watch: int | None = None
+        self._kept: list[str] = []  # the mountinfo lines of what the current namespace keeps
         self._failed = False
 
     def take(self, starter: str, keep: Callable[[], tuple[list[str], list[str]]]) -> Holder | None:
         """The namespace for one action's launch, until give_back; None: the worker's own.
-        `keep`: the trees and the points to keep (see to_detach), asked for a new one only."""
+        `keep`: the trees and the points to keep (see to_detach), asked for only when a namespace
+        is made or the host's table changed."""
         with self._lock:
             if self._failed:
                 return None
-            if self._current is None or not self._current.alive() or self._changed():
-                self._retire(self._current)
-                self._current = self._start(starter, *keep())
-                if self._current is None:
-                    return None
             holder = self._current
+            stale = holder is None or not holder.alive()
+            if stale or self._changed():
+                table = self._table(*keep())
+                if stale or table[1] != self._kept:
+                    self._retire(holder)
+                    holder = self._current = self._start(starter, table)
+            if holder is None:
+                return None
             self._users[holder] = self._users.get(holder, 0) + 1
             return holder
 
@@ -151,12 +157,25 @@ class Keeper:
         else:
             self._retired.add(holder)
 
-    def _start(self, starter: str, keep_trees: Iterable[str], keep_points: Iterable[str]) -> Holder | None:
+    def _table(self, keep_trees: Iterable[str], keep_points: Iterable[str]) -> tuple[list[str], list[str]]:
+        """(what to detach, the mountinfo lines of what stays) as the host's table is now. A
+        change elsewhere (what a new namespace would detach anyway) leaves the current one as
+        good as new; a change to what it keeps (a mount, an unmount, a remount) does not."""
         if self._watch is None:
             self._watch = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         # Read after the watch is reset: a change from here on is seen by the next take.
         with open("/proc/self/mountinfo") as f:
-            detach = to_detach(mountpoints(f.read()), keep_trees, keep_points)
+            lines = f.read().splitlines()
+        detach = to_detach(mountpoints("\n".join(lines)), keep_trees, keep_points)
+        kept = [
+            line
+            for line in lines
+            if not any(_within(point, d) for point in mountpoints(line) for d in detach)
+        ]
+        return detach, kept
+
+    def _start(self, starter: str, table: tuple[list[str], list[str]]) -> Holder | None:
+        detach, self._kept = table
         holder = Holder(starter, detach)
         try:
             holder.wait_ready()
