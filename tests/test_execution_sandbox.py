@@ -670,11 +670,17 @@ def test_the_namespace_actions_start_from_is_made_again_when_a_mount_it_keeps_ch
     run_with_tmpfs_at(elsewhere)  # a mount no action needs: the same namespace, without it
     run_with_tmpfs_at(inside)  # one in the exec directory: a new namespace, with it
     run_with_tmpfs_at(None)  # gone again: a new one, without it
+    # The namespace's own table changing (here by a mount made in it; on a host, a mount of it
+    # detached with its mountpoint) makes a new one too.
+    [holder] = seen[-1][0]
+    subprocess.run(["nsenter", "-t", str(holder), "-m", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], check=True)
+    run_with_tmpfs_at(None)
     holders = [holder for holder, _mounts in seen]
     assert all(len(h) == 1 for h in holders), holders
-    assert holders[0] == holders[1] != holders[2] != holders[3], holders
+    assert holders[0] == holders[1] != holders[2] != holders[3] != holders[4], holders
     assert str(elsewhere) not in seen[1][1]
     assert str(inside) in seen[2][1] and str(inside) not in seen[3][1]
+    assert "/mnt" not in seen[4][1]
 
 
 def test_a_pooled_group_is_lent_with_each_actions_limits_and_never_with_a_process_counted() -> None:

@@ -17,8 +17,9 @@ what is below it), and /dev and /tmp themselves (bwrap binds /dev's device nodes
 its own root at /tmp). The namespace is a slave of the host's, so what the host mounts where
 it shares propagation reaches it; and when the host's mount table changes (a poll on
 /proc/self/mountinfo says so) in what the namespace keeps (a mount, an unmount or a remount
-there), the next action gets a new namespace, made from the table as it is then. One an action
-was given stays until that action's run is over. Where the holder
+there), or the namespace's own table changes (a mount of it is detached when the host removes
+or renames over its mountpoint), the next action gets a new namespace, made from the table as
+it is then. One an action was given stays until that action's run is over. Where the holder
 cannot be made, actions start from the worker's own namespace, as before.
 """
 
@@ -96,7 +97,8 @@ class Keeper:
         self._current: Holder | None = None
         self._users: dict[Holder, int] = {}
         self._retired: set[Holder] = set()
-        self._watch: int | None = None
+        self._watch: int | None = None  # the worker's /proc/self/mountinfo
+        self._holder_watch: int | None = None  # the current holder's
         self._kept: list[str] = []  # the mountinfo lines of what the current namespace keeps
         self._failed = False
 
@@ -108,7 +110,7 @@ class Keeper:
             if self._failed:
                 return None
             holder = self._current
-            stale = holder is None or not holder.alive()
+            stale = holder is None or not holder.alive() or _changed(self._holder_watch)
             if stale or self._changed():
                 table = self._table(*keep())
                 if stale or table[1] != self._kept:
@@ -135,18 +137,14 @@ class Keeper:
             self._retire(self._current)
             self._current = None
             self._failed = True  # no new one
-            if self._watch is not None:
-                os.close(self._watch)
-                self._watch = None
+            for fd in (self._watch, self._holder_watch):
+                if fd is not None:
+                    os.close(fd)
+            self._watch = self._holder_watch = None
 
     def _changed(self) -> bool:
-        """Whether the worker's mount table changed since the last look (the kernel flags a
-        change to pollers of mountinfo with POLLPRI, once per poller)."""
-        if self._watch is None:
-            return True
-        poller = select.poll()
-        poller.register(self._watch, select.POLLPRI)
-        return bool(poller.poll(0))
+        """Whether the worker's mount table changed since the last look."""
+        return _changed(self._watch)
 
     def _retire(self, holder: Holder | None) -> None:
         if holder is None:
@@ -176,10 +174,17 @@ class Keeper:
 
     def _start(self, starter: str, table: tuple[list[str], list[str]]) -> Holder | None:
         detach, self._kept = table
+        if self._holder_watch is not None:
+            os.close(self._holder_watch)
+            self._holder_watch = None
         holder = Holder(starter, detach)
         try:
             holder.wait_ready()
-        except netns.NamespaceUnavailable:
+            # Its table may change without the worker's: a mount of its own is detached when
+            # the host removes or renames over its mountpoint. It is then not lent again.
+            self._holder_watch = os.open(f"/proc/{holder.proc.pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except (netns.NamespaceUnavailable, OSError):
+            holder.end()
             log.warning(
                 "sandbox-exec --mntns failed (its message is in the worker's log); "
                 "actions start from the worker's own mount namespace"
@@ -187,3 +192,13 @@ class Keeper:
             self._failed = True
             return None
         return holder
+
+
+def _changed(watch: int | None) -> bool:
+    """Whether the mount table a mountinfo file descriptor shows changed since the last look
+    (the kernel flags a change to each poller of it with POLLPRI, once); True without one."""
+    if watch is None:
+        return True
+    poller = select.poll()
+    poller.register(watch, select.POLLPRI)
+    return bool(poller.poll(0))
