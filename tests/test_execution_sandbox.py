@@ -396,6 +396,9 @@ def test_a_worker_that_cannot_sandbox_refuses_to_start(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "searchable by uid" in done.stderr, done.stderr
+    # Its probe's cgroups, kept for a next action that never comes, went with it.
+    [refused] = [int(d.name.rsplit("-", 1)[1]) for d in (hidden / "exec").iterdir()]
+    assert sandbox_groups(sandbox.group_prefix(refused)) == []
 
 
 def test_a_worker_that_cannot_build_sandbox_exec_refuses_to_start(tmp_path: Path) -> None:

@@ -151,7 +151,13 @@ def setup(exec_dir: Path) -> Sandbox:
         sandbox = Sandbox(True, bwrap, uid, gid, cgroups.Controllers.find(), starter)
     else:
         sandbox = Sandbox(True, bwrap, None, None, cgroups.Controllers.find(), starter)
-    _probe(sandbox, exec_dir)
+    try:
+        _probe(sandbox, exec_dir)
+    except BaseException:
+        # A worker that cannot sandbox exits: nothing of the probe's (its cgroups, kept for the
+        # next action, and namespace holders) may outlive it.
+        release_standbys()
+        raise
     log.info("actions run %s", sandbox.describe())
     return sandbox
 
