@@ -208,9 +208,11 @@ class ActionGroup:
 class Pool:
     """The action groups of one worker process, free ones kept for the next actions.
 
-    Making a group and removing it costs the machine ~1.4 ms per action in v1 (two
-    directories; the kernel frees a memory cgroup in workers after its rmdir), as making
-    and tearing down a network namespace did (workers/netns.py); a group is reused instead.
+    Making a group and removing it per action cost ~0.3-0.4 ms of CPU in v1 on the host
+    measured (two mkdir and two rmdir, and the kernel freeing the memory cgroup in its workers
+    afterwards), lending one about half that (bench/README.md); and a removed memory cgroup that
+    still has page cache charged to it lingers in the kernel until those pages are reclaimed. So
+    a group is reused, as workers/netns.py reuses network namespaces.
     Sequential reuse is safe: a group goes back only empty (kill_all: every process of the
     action dead), and is lent again with the next action's limits written anew and a
     baseline of the kernel's cumulative counters, so oom_killed() and pids_refused() tell only
