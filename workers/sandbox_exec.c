@@ -15,11 +15,11 @@
  * cgroups) and `setpriv` (uid): an exec less per action, and the cheapest kind.
  *
  * --standby: joins the cgroups named, then waits for the rest on stdin: NUL-terminated fields
- * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS MNTNS -- BWRAP [ARG...], opens STDOUT and STDERR
- * (stdin becomes /dev/null) and goes on as above, except that BWRAP runs as its child: this
- * process, by then with the sandbox's uid and no capability, stays to reap it and, as their
- * child subreaper, every process of the action orphaned meanwhile, and exits as BWRAP did once
- * none is left. bwrap exits as soon as the command has, before its own init (pid 1 of the
+ * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS MNTNS -- BWRAP [ARG...], opens STDOUT and
+ * STDERR (stdin becomes /dev/null) and goes on as above, except that BWRAP runs as its child:
+ * this process, by then with the sandbox's uid and no capability, stays to reap it and, as
+ * their child subreaper, every process of the action orphaned meanwhile, and exits as BWRAP did
+ * once none is left. bwrap exits as soon as the command has, before its own init (pid 1 of the
  * sandbox) is reaped; that init would otherwise go to the host's init, and until reaped count
  * in the cgroup's pids.current, the limit of the next action lent the same cgroup
  * (workers/cgroups.py). Moving a process into a cgroup waits for an RCU grace period (the
@@ -282,7 +282,7 @@ static int hold_mntns(int count, char **mountpoints) {
     for (int i = 0; i < count; i++) {
         /* Again while it works: more than one mount may be stacked at one mountpoint. */
         int detached = 0;
-        while (umount2(mountpoints[i], MNT_DETACH) == 0)
+        while (umount2(mountpoints[i], MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
             detached++;
         if (!detached && errno != EINVAL && errno != ENOENT)
             return fail("cannot detach", mountpoints[i]);
