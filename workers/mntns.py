@@ -56,7 +56,7 @@ class Holder(netns.Holder):
 
 
 def mountpoints(mountinfo: str) -> list[str]:
-    """The mountpoints of a /proc/PID/mountinfo text, in its order (parents before children)."""
+    """The mountpoints of a /proc/PID/mountinfo text, in its order."""
     return [_unescape(line.split()[4]) for line in mountinfo.splitlines() if len(line.split()) > 4]
 
 
@@ -83,7 +83,8 @@ def to_detach(mounts: list[str], keep_trees: Iterable[str], keep_points: Iterabl
         )
 
     detach: list[str] = []
-    for mount in mounts:
+    # Shallower first: the table does not always list a mount after the one it is on.
+    for mount in sorted(mounts, key=lambda mount: mount.rstrip("/").count("/")):
         if not needed(mount) and not any(_within(mount, done) for done in detach):
             detach.append(mount)
     return detach

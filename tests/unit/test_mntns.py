@@ -35,7 +35,8 @@ def test_what_no_action_needs_is_detached_once_and_nothing_it_needs() -> None:
     detach = to_detach(mountpoints(MOUNTINFO), TREES, POINTS)
     # /sys once (its cgroups go with it), /dev's own submounts (each stacked one by the holder's
     # loop), a share no action binds.
-    assert detach == ["/sys", "/dev/shm", "/dev/pts", "/mnt/tools dir", "/srv"]
+    assert sorted(detach) == ["/dev/pts", "/dev/shm", "/mnt/tools dir", "/srv", "/sys"]
+    assert detach.index("/sys") < detach.index("/dev/shm")  # shallower first
     kept = set(mountpoints(MOUNTINFO)) - set(detach) - {"/sys/fs/cgroup", "/sys/fs/cgroup/memory"}
     # /, /proc and below, /dev and /tmp themselves, what holds the exec directory (above and
     # below it), and /etc/hosts, a mount inside what the sandbox binds.
@@ -49,6 +50,11 @@ def test_what_no_action_needs_is_detached_once_and_nothing_it_needs() -> None:
         "/var/lib/reapi/exec/w1/cache",
         "/etc/hosts",
     }
+
+
+def test_a_mount_listed_before_the_one_it_is_on_is_detached_with_it() -> None:
+    mounts = ["/sys/fs/cgroup/memory", "/", "/sys/fs/cgroup", "/sys"]
+    assert to_detach(mounts, TREES, POINTS) == ["/sys"]
 
 
 def test_a_read_only_directory_on_its_own_mount_is_kept() -> None:
