@@ -2,12 +2,15 @@
 and hostile actions (fork bomb, memory hog, huge writers, symlink escapes) end with a clear
 message while their worker serves the next action."""
 
+import contextlib
 import functools
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,6 +20,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client as PageClient
 from django.test import override_settings
 
+from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from reapi.gen.google.longrunning import operations_pb2
 from tests.support.bazel import Bazel, bazel_in
 from tests.support.execution_fixtures import (
@@ -37,7 +41,7 @@ from tests.support.polling import wait_for
 from tests.support.reapi_client import Client
 from tests.support.servers import ReapiServer, manage
 from tests.support.tenants import Persona
-from workers import sandbox
+from workers import cgroups, mntns, sandbox
 
 SECRET = f"sandbox-secret-{uuid.uuid4().hex}"
 SANDBOX_ENV = {
@@ -392,6 +396,9 @@ def test_a_worker_that_cannot_sandbox_refuses_to_start(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "searchable by uid" in done.stderr, done.stderr
+    # Its probe's cgroups, kept for a next action that never comes, went with it.
+    [refused] = [int(d.name.rsplit("-", 1)[1]) for d in (hidden / "exec").iterdir()]
+    assert sandbox_groups(sandbox.group_prefix(refused)) == []
 
 
 def test_a_worker_that_cannot_build_sandbox_exec_refuses_to_start(tmp_path: Path) -> None:
@@ -433,6 +440,21 @@ def pids_in(procs: Path) -> list[str]:
     return procs.read_text().split()
 
 
+def standby_in(prefix: str) -> tuple[str, str] | None:
+    """(group, pid) of the one sandbox-exec --standby in the worker's groups, once it has moved
+    in, and every other group of the worker empty; None meanwhile."""
+    members = {
+        name: pids_in(Path("/sys/fs/cgroup/memory/reapi-sandbox", name, "cgroup.procs"))
+        for name in set(sandbox_groups(prefix))
+    }
+    occupied = {name: pids for name, pids in members.items() if pids}
+    if len(occupied) != 1:
+        return None
+    [(name, pids)] = occupied.items()
+    assert len(pids) == 1, occupied
+    return name, pids[0]
+
+
 def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leaves_none(
     server: ReapiServer, client: Client
 ) -> None:
@@ -440,24 +462,264 @@ def test_the_next_actions_launch_waits_in_its_cgroups_and_a_stopped_worker_leave
     with WorkerProcess("external", "ahead", SANDBOX_ENV, concurrency=1) as ahead:
         assert ahead.proc is not None
         prefix = sandbox.group_prefix(ahead.proc.pid)
-        for _ in range(2):
+        seen = []
+        for _ in range(3):
             spec = ActionSpec(
                 ["/bin/sh", "-c", "echo hi"], platform={"Pool": "ahead"}, salt=uuid.uuid4().bytes
             )
             reply = run(client, spec)
             assert reply.result.exit_code == 0 and client.read(reply.result.stdout_digest) == b"hi\n"
-            # The next action's sandbox-exec is waiting, in the next action's cgroups.
-            waiting = sandbox_groups(prefix)
-            assert len(waiting) == 2, waiting  # its memory and its pids group
-            procs = Path("/sys/fs/cgroup/memory/reapi-sandbox", waiting[0], "cgroup.procs")
-            members = wait_for(functools.partial(pids_in, procs))  # once its move is done
-            assert len(members) == 1, members
-            assert "--standby" in Path(f"/proc/{members[0]}/cmdline").read_bytes().decode(errors="replace")
+            # The next action's sandbox-exec is waiting, in the next action's cgroups; the group
+            # of the action that ran is back in the worker's pool, empty.
+            group, standby = wait_for(functools.partial(standby_in, prefix))  # once its move is done
+            assert "--standby" in Path(f"/proc/{standby}/cmdline").read_bytes().decode(errors="replace")
+            groups = sandbox_groups(prefix)
+            assert len(groups) == 4, groups  # two groups, each a memory and a pids one
+            seen.append((group, sorted(groups)))
+        # One action running at a time: its group and the next one's, lent in turn, no new ones.
+        assert seen[0][1] == seen[1][1] == seen[2][1], seen
+        assert seen[0][0] != seen[1][0] and seen[0][0] == seen[2][0], seen
         holders = netns_holders(ahead.proc.pid)
         assert holders  # the network namespaces it lends its actions
+        mount_holders = children_running(ahead.proc.pid, "--mntns")
+        assert len(mount_holders) == 1, mount_holders  # the mount namespace its actions start from
     assert sandbox_groups(prefix) == []
-    assert not pid_alive(int(members[0]))
+    assert not pid_alive(int(standby))
     assert not [pid for pid in holders.values() if pid_alive(pid)]
+    assert not [pid for pid in mount_holders if pid_alive(pid)]
+
+
+# An action the test watches from the host: it waits for SIGUSR1, then does what argv[1] says.
+# argv[2] is its marker. It blocks SIGUSR1 and execs itself again with "waiting" as its last
+# argument (the mask stays across exec), so a signal the test sends once it sees that is kept
+# pending until sigwait takes it.
+WATCHED = r"""
+import os, signal, sys, time
+if sys.argv[-1] != "waiting":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    argv = open("/proc/self/cmdline", "rb").read().split(b"\0")[:-1]
+    os.execv(argv[0], argv + [b"waiting"])
+signal.sigwait({signal.SIGUSR1})
+what = sys.argv[1]
+if what == "hog":
+    data = bytearray(b"x") * (1 << 30)
+elif what == "forks":  # as many processes as the limit lets it start, then they all end
+    r, w = os.pipe()
+    children = []
+    while len(children) < 1000:
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            break
+        if pid == 0:
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+        children.append(pid)
+    os.close(w)
+    for pid in children:
+        os.waitpid(pid, 0)
+    print("forks=%d" % len(children))
+elif what == "daemon":  # a process in a session of its own, still running when this one ends
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        os.execv("/bin/sleep", ["sleep", sys.argv[3]])
+    while not open("/proc/%d/cmdline" % child, "rb").read().startswith(b"sleep"):
+        time.sleep(0.01)
+print("done")
+"""
+
+
+def cgroup_of(pid: int) -> str:
+    """The name of the memory cgroup a process is in, seen from the host (inside the sandbox, its
+    cgroup namespace shows it as /)."""
+    lines = [line.split(":", 2) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+    paths = [path for _id, names, path in lines if "memory" in names.split(",")]
+    paths += [path for id_, _names, path in lines if id_ == "0"]  # cgroup v2
+    return Path(paths[0]).name
+
+
+def watched_pid(marker: str) -> int | None:
+    """The watched action's Python (its command line holds `marker`), once it waits for SIGUSR1."""
+    for pid, cmdline in pids_running(marker).items():
+        if cmdline.startswith("/usr/bin/python3") and cmdline.split()[-1] == "waiting":
+            return pid
+    return None
+
+
+def run_watched(
+    client: Client, what: str, *args: str, look: Callable[[int, str], None] | None = None
+) -> tuple[str, re_pb2.ExecuteResponse]:
+    """Run a WATCHED action on the tight pool: (the name of its cgroup, its response). `look`
+    sees its pid and group while it waits."""
+    marker = uuid.uuid4().hex
+    spec = ActionSpec(["/usr/bin/python3", "-c", WATCHED, what, marker, *args], platform={"Pool": "tight"})
+    join = in_thread(run, client, spec)
+    pid = wait_for(lambda: watched_pid(marker))
+    group = cgroup_of(pid)
+    if look is not None:
+        look(pid, group)
+    os.kill(pid, signal.SIGUSR1)
+    return group, join()
+
+
+def test_an_action_in_a_group_lent_again_is_told_only_of_its_own_limits(
+    client: Client, tight_worker: WorkerProcess
+) -> None:
+    # Two actions that end at a limit, then actions that reach none: a worker running one at a
+    # time lends its groups in turn, so the later ones run in the groups of the first two.
+    runs = [run_watched(client, what) for what in ("hog", "forks", "ok", "ok", "ok", "ok")]
+    (hog_group, hog), (forks_group, forks), later = runs[0], runs[1], runs[2:]
+    assert hog.result.exit_code == 137, hog
+    assert hog.message == "killed: memory limit 256 MiB", hog
+    assert forks.result.exit_code == 0, forks
+    # The limit less the action's first four: sandbox-exec, bwrap, bwrap's init and this Python.
+    assert client.read(forks.result.stdout_digest) == b"forks=60\ndone\n", forks
+    assert forks.message == "it reached its process limit (64): new processes were refused", forks
+    for group, reply in later:
+        assert reply.status.code == OK_STATUS and reply.result.exit_code == 0, reply
+        assert reply.message == "", (group, reply.message)
+        assert client.read(reply.result.stdout_digest) == b"done\n"
+    later_groups = [group for group, _reply in later]
+    assert hog_group in later_groups and forks_group in later_groups, (hog_group, forks_group, later_groups)
+
+
+def test_a_process_an_action_leaves_running_ends_with_it_and_is_not_in_its_group_after(
+    client: Client, tight_worker: WorkerProcess
+) -> None:
+    daemon = f"300.{uuid.uuid4().int % 10**9}"  # a sleep length no other process has
+    group, reply = run_watched(client, "daemon", daemon)
+    assert reply.result.exit_code == 0 and client.read(reply.result.stdout_digest) == b"done\n", reply
+    # Once the response is in, nothing of the action runs any more.
+    assert not pids_running(daemon)
+    controllers = cgroups.Controllers.find()
+    assert controllers is not None
+
+    def only_its_own(pid: int, its_group: str) -> None:
+        if its_group == group:
+            members = pids_in(controllers.memory / its_group / "cgroup.procs")
+            assert str(pid) in members
+            for member in members:
+                with contextlib.suppress(OSError):
+                    assert daemon not in Path(f"/proc/{member}/cmdline").read_bytes().decode(errors="replace")
+
+    later = [run_watched(client, "ok", look=only_its_own) for _ in range(2)]
+    assert group in [g for g, _reply in later]  # the group was lent again
+    for _group, after in later:
+        assert after.result.exit_code == 0 and after.message == "", after
+
+
+def launcher_of(pid: int) -> int:
+    """The action's sandbox-exec, above bwrap and its init: the first of `pid`'s ancestors run
+    with --standby."""
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if "--standby" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return pid
+    raise AssertionError("no sandbox-exec above the action")
+
+
+def test_an_action_is_launched_from_a_mount_namespace_without_the_hosts_other_mounts(
+    client: Client, tight_worker: WorkerProcess
+) -> None:
+    host = mntns.mountpoints(Path("/proc/self/mountinfo").read_text())
+    assert "/sys" in host, "this test needs a host with /sys mounted"
+    seen: list[list[str]] = []
+
+    def look(pid: int, _group: str) -> None:
+        seen.append(mntns.mountpoints(Path(f"/proc/{launcher_of(pid)}/mountinfo").read_text()))
+
+    for _ in range(2):  # one namespace for both
+        _group, reply = run_watched(client, "ok", look=look)
+        assert reply.result.exit_code == 0 and reply.message == "", reply
+    for mounts in seen:
+        assert "/" in mounts and "/proc" in mounts and "/dev" in mounts, mounts
+        assert not [m for m in mounts if m == "/sys" or m.startswith(("/sys/", "/dev/"))], mounts
+        assert len(mounts) < len(host)
+
+
+def test_the_namespace_actions_start_from_is_made_again_when_a_mount_it_keeps_changes(
+    client: Client, tight_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    assert tight_worker.proc is not None
+    exec_dir = Path(settings.REAPI_EXEC_DIR, f"{socket.gethostname()}-{tight_worker.proc.pid}")
+    assert exec_dir.is_dir()
+    elsewhere, inside = tmp_path / "elsewhere", exec_dir / f"mounted-{uuid.uuid4().hex}"
+    seen: list[tuple[list[int], list[str]]] = []
+
+    def look(pid: int, _group: str) -> None:
+        launcher = launcher_of(pid)
+        seen.append(
+            (
+                children_running(tight_worker.proc.pid, "--mntns"),  # type: ignore[union-attr]
+                mntns.mountpoints(Path(f"/proc/{launcher}/mountinfo").read_text()),
+            )
+        )
+
+    def run_with_tmpfs_at(path: Path | None) -> None:
+        if path is not None:
+            path.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], check=True)
+        try:
+            _group, reply = run_watched(client, "ok", look=look)
+            assert reply.result.exit_code == 0, reply
+        finally:
+            if path is not None:
+                subprocess.run(["umount", str(path)], check=True)
+                path.rmdir()
+
+    run_with_tmpfs_at(None)
+    run_with_tmpfs_at(elsewhere)  # a mount no action needs: the same namespace, without it
+    run_with_tmpfs_at(inside)  # one in the exec directory: a new namespace, with it
+    run_with_tmpfs_at(None)  # gone again: a new one, without it
+    # The namespace's own table changing (here by a mount made in it; on a host, a mount of it
+    # detached with its mountpoint) makes a new one too.
+    [holder] = seen[-1][0]
+    subprocess.run(["nsenter", "-t", str(holder), "-m", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], check=True)
+    run_with_tmpfs_at(None)
+    holders = [holder for holder, _mounts in seen]
+    assert all(len(h) == 1 for h in holders), holders
+    assert holders[0] == holders[1] != holders[2] != holders[3] != holders[4], holders
+    assert str(elsewhere) not in seen[1][1]
+    assert str(inside) in seen[2][1] and str(inside) not in seen[3][1]
+    assert "/mnt" not in seen[4][1]
+
+
+def test_a_pooled_group_is_lent_with_each_actions_limits_and_never_with_a_process_counted() -> None:
+    controllers = cgroups.Controllers.find()
+    assert controllers is not None, "this test needs cgroups the worker can write (root)"
+    pool = cgroups.Pool(controllers, f"{sandbox.group_prefix(os.getpid())}test-{uuid.uuid4().hex[:8]}-")
+    memory = "memory.max" if controllers.v2 else "memory.limit_in_bytes"
+    group = pool.take(256 << 20, 64)
+    try:
+        assert pool.give_back(group)
+        # Up, down and up again: v1 takes memory and memory+swap in the order that keeps one
+        # below the other.
+        for memory_bytes, max_pids in ((1 << 30, 128), (128 << 20, 32), (512 << 20, 256)):
+            again = pool.take(memory_bytes, max_pids)
+            assert again.paths == group.paths
+            assert int((again.memory_dir / memory).read_text()) == memory_bytes
+            memsw = again.memory_dir / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                assert int(memsw.read_text()) == memory_bytes
+            assert int((again.pids_dir / "pids.max").read_text()) == max_pids
+            assert pool.give_back(again)
+        # A process that has exited but is not reaped is out of cgroup.procs and still counted
+        # in pids.current: the group comes back, and is not lent again.
+        join = 'for f in "$@"; do echo $$ > "$f"; done'
+        zombie = subprocess.Popen(["/bin/sh", "-c", join, "sh", *group.procs_files()])
+        wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().split(") ", 1)[1][0] == "Z")
+        assert pool.give_back(group)
+        fresh = pool.take(256 << 20, 64)
+        assert fresh.paths != group.paths
+        assert all(not path.exists() for path in group.paths)  # removed, not kept
+        zombie.wait()
+        assert pool.give_back(fresh)
+    finally:
+        pool.release()
+    assert all(not path.exists() for path in group.paths)
+    assert all(not path.exists() for path in fresh.paths)
 
 
 # What the actions below share: connecting (closing with a reset, SO_LINGER 0, so no connection
@@ -572,6 +834,17 @@ def listening_pid(marker: str, port: int) -> int | None:
         if any(line.split()[1] == local and line.split()[3] == "0A" for line in table):  # LISTEN
             return pid
     return None
+
+
+def children_running(parent: int, argument: str) -> list[int]:
+    """The live child processes of `parent` with `argument` as their first argument."""
+    found = []
+    for pid, cmdline in pids_running(argument).items():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and cmdline.split()[1:2] == [argument]:
+                found.append(pid)
+    return found
 
 
 def netns_holders(worker_pid: int) -> dict[str, int]:

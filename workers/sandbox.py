@@ -25,20 +25,25 @@ Commands arrive from workstations over the internet, so each runs with:
 
 The launch chain, each step exec'ing the next so that one process is left to wait for:
 `sandbox-exec` (workers/sandbox_exec.c, a small static program: joins the lent network
-namespace, sets the action's rlimits and drops to the sandbox's uid with no supplementary
-groups and no capabilities) -> `bwrap` ->
+namespace and, on a root worker, the mount namespace the worker keeps for launches (the host's
+less the mounts no action needs, so that bwrap's many re-reads of the mount table cost less:
+workers/mntns.py), sets the action's rlimits and drops to the sandbox's uid with no
+supplementary groups and no capabilities) -> `bwrap` ->
 `sh -c 'exec "$@"'` (so a missing program is exit 127 and one that cannot run 126, as in a
 shell) -> the command. One static program rather than a shell and setpriv saves an exec and
 ~1.5 ms of CPU per action; dropping the uid in the chain rather than in the worker lets Python
 start it with vfork. Where there are cgroups, an action's sandbox-exec is started ahead, while
-the action before it runs: it joins the cgroups made for it (a move into a cgroup waits for an
-RCU grace period, ~10 ms here) and waits on stdin for its stdout, stderr and the rest of its
-arguments (`--standby`), so the action does not wait for the move.
+the action before it runs: it joins the action's cgroups (a move into a cgroup waits for an RCU
+grace period, ~10 ms here) and waits on stdin for its stdout, stderr and the rest of its
+arguments (`--standby`), so the action does not wait for the move. Then it runs bwrap as its
+child and stays, as child subreaper, until every process of the action is reaped (bwrap's init
+outlives bwrap). The cgroups are the worker's, lent to one action at a time and taken back
+only once empty (workers/cgroups.py, `Pool`).
 The chain gets no environment: nothing of the action's (LD_PRELOAD…) reaches a process
 outside the sandbox.
 """
 
-import itertools
+import functools
 import logging
 import os
 import shutil
@@ -54,7 +59,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from reapi.errors import InvalidArgument
-from workers import cgroups, netns, process, sandbox_exec
+from workers import cgroups, mntns, netns, process, sandbox_exec
 from workers.pools import Limits
 
 log = logging.getLogger(__name__)
@@ -146,7 +151,13 @@ def setup(exec_dir: Path) -> Sandbox:
         sandbox = Sandbox(True, bwrap, uid, gid, cgroups.Controllers.find(), starter)
     else:
         sandbox = Sandbox(True, bwrap, None, None, cgroups.Controllers.find(), starter)
-    _probe(sandbox, exec_dir)
+    try:
+        _probe(sandbox, exec_dir)
+    except BaseException:
+        # A worker that cannot sandbox exits: nothing of the probe's (its cgroups, kept for the
+        # next action, and namespace holders) may outlive it.
+        release_standbys()
+        raise
     log.info("actions run %s", sandbox.describe())
     return sandbox
 
@@ -244,7 +255,7 @@ def run(
     watch = _OutputWatch(base, limits.output, input_bytes)
     if sandbox.controllers is None:
         chain = [
-            *_first_step(sandbox, limits, with_group=False, netns_path="-"),
+            *_first_step(sandbox, limits, with_group=False, netns_path="-", mntns_path="-"),
             *_sandbox(sandbox, limits, network, root, workdir, argv, env),
         ]
         outcome = process.run(
@@ -256,11 +267,19 @@ def run(
         stdout.write_bytes(b"")
         stderr.write_bytes(b"")
         standby = _standbys.take(sandbox, limits)
-        lent = None
+        lent = mounts = None
         try:
             if sandbox.lends_netns and not network:
                 lent = _namespaces.take(sandbox.starter)
-            first = _first_step(sandbox, limits, with_group=True, netns_path=lent.path if lent else "-")
+            if sandbox.lends_netns:
+                mounts = _mounts.take(sandbox.starter, functools.partial(_kept, sandbox, base))
+            first = _first_step(
+                sandbox,
+                limits,
+                with_group=True,
+                netns_path=lent.path if lent else "-",
+                mntns_path=mounts.path if mounts else "-",
+            )
             request = [str(stdout), str(stderr), *first[1:]]
             request += _sandbox(sandbox, limits, network or lent is not None, root, workdir, argv, env)
             standby.hand_over(request)
@@ -272,7 +291,8 @@ def run(
             outcome = process.supervise(standby.proc, timeout, cancelled, base / "pgid", watch=watch.check)
             message = _explain(outcome, limits, standby.group, watch)
         finally:
-            emptied = standby.group.remove()
+            emptied = _standbys.give_back(standby.group)
+            _mounts.give_back(mounts)  # its sandbox-exec joined it long ago
             if lent is not None:
                 # Only once every process of the action is gone (see workers/netns.py).
                 _namespaces.give_back(lent, emptied)
@@ -299,12 +319,13 @@ class _Standby:
 
 
 class _Standbys:
-    """sandbox-exec processes started ahead of the actions that will use them."""
+    """sandbox-exec processes started ahead of the actions that will use them, each in a group
+    of the worker's pool (workers/cgroups.py)."""
 
     def __init__(self) -> None:
         self._ready: dict[Limits, list[_Standby]] = {}
         self._lock = threading.Lock()
-        self._serial = itertools.count()
+        self._groups: cgroups.Pool | None = None
 
     def take(self, sandbox: Sandbox, limits: Limits) -> _Standby:
         with self._lock:
@@ -318,20 +339,34 @@ class _Standbys:
         with self._lock:
             self._ready.setdefault(limits, []).append(standby)
 
+    def give_back(self, group: cgroups.ActionGroup) -> bool:
+        """An action's group after its run (see cgroups.Pool.give_back)."""
+        assert self._groups is not None
+        return self._groups.give_back(group)
+
     def release(self) -> None:
-        """End the ones waiting (a closed stdin ends them) and remove their cgroups."""
+        """End the ones waiting (a closed stdin ends them) and remove every group of the pool."""
         with self._lock:
             waiting = [standby for ready in self._ready.values() for standby in ready]
             self._ready.clear()
+            groups = self._groups
         for standby in waiting:
             standby.hand_over([])
             standby.proc.wait()
             standby.group.remove()
+        if groups is not None:
+            groups.release()
+
+    def _pool(self, controllers: cgroups.Controllers) -> cgroups.Pool:
+        with self._lock:
+            if self._groups is None:
+                self._groups = cgroups.Pool(controllers, group_prefix(os.getpid()))
+            return self._groups
 
     def _start(self, sandbox: Sandbox, limits: Limits) -> _Standby:
         assert sandbox.controllers is not None
-        group = sandbox.controllers.group(f"{group_prefix(os.getpid())}next-{next(self._serial)}")
-        group.create(limits.memory, limits.pids)
+        groups = self._pool(sandbox.controllers)
+        group = groups.take(limits.memory, limits.pids)
         try:
             proc = subprocess.Popen(
                 [sandbox.starter, "--standby", *group.procs_files()],
@@ -342,26 +377,39 @@ class _Standbys:
                 close_fds=True,
             )
         except BaseException:
-            group.remove()
+            groups.give_back(group)
             raise
         return _Standby(group, proc)
 
 
 _standbys = _Standbys()
 _namespaces = netns.Pool()
+_mounts = mntns.Keeper()
 
 
 def release_standbys() -> None:
-    """At a worker's end: no sandbox-exec, cgroup or network namespace of its own is left
+    """At a worker's end: no sandbox-exec, cgroup, network or mount namespace of its own is left
     behind."""
     _standbys.release()
     _namespaces.release()
+    _mounts.release()
 
 
-def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: str) -> list[str]:
+def _kept(sandbox: Sandbox, base: Path) -> tuple[list[str], list[str]]:
+    """What the mount namespace actions start from must keep mounted (workers/mntns.py): the
+    trees of what bwrap binds, the exec directory, /proc and bwrap's own directory; /dev and
+    /tmp themselves."""
+    dirs = [*SYSTEM_DIRS, *settings.REAPI_SANDBOX_READ_ONLY, *SYSTEM_LINKS]
+    dirs += [str(base.parent), "/proc", os.path.dirname(sandbox.bwrap)]
+    return sorted({path for d in dirs for path in (d, os.path.realpath(d))}), ["/dev", "/tmp"]
+
+
+def _first_step(
+    sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: str, mntns_path: str
+) -> list[str]:
     """sandbox-exec and its arguments up to `--`. Open files and file size are per process, core
     files off; without a cgroup, per-process limits on memory and processes are the best there
-    is. `netns_path`: the network namespace it joins, "-" for none."""
+    is. `netns_path`, `mntns_path`: the network and mount namespaces it joins, "-" for none."""
     memory, pids = ("-", "-") if with_group else (str(limits.memory), str(limits.pids))
     uid, gid = (str(sandbox.owner[0]), str(sandbox.owner[1])) if sandbox.owner else ("-", "-")
     return [
@@ -373,6 +421,7 @@ def _first_step(sandbox: Sandbox, limits: Limits, with_group: bool, netns_path: 
         uid,
         gid,
         netns_path,
+        mntns_path,
         "--",
     ]
 

@@ -1,11 +1,13 @@
 /* sandbox-exec: the first step of a sandboxed action's launch chain (workers/sandbox.py).
  *
- *   sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP [ARG...]
+ *   sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS MNTNS -- BWRAP [ARG...]
  *   sandbox-exec --standby CGROUP_PROCS_FILE...
  *   sandbox-exec --netns
+ *   sandbox-exec --mntns MOUNTPOINT...
  *
  * Where NETNS is given ("-" otherwise: the action's own namespace or the host's, as bwrap is
- * told), joins that network namespace (a /proc/PID/ns/net path) while still root; sets the
+ * told), joins that network namespace (a /proc/PID/ns/net path) while still root, and where
+ * MNTNS is, that mount namespace (a /proc/PID/ns/mnt path, one --mntns holds); sets the
  * per-process rlimits (soft = hard, so the action cannot raise them; core files off; AS and
  * NPROC only where given, "-" otherwise), and, where UID and GID are given ("-" otherwise),
  * changes to them with no supplementary groups and no capabilities in any set; then execs
@@ -13,18 +15,30 @@
  * cgroups) and `setpriv` (uid): an exec less per action, and the cheapest kind.
  *
  * --standby: joins the cgroups named, then waits for the rest on stdin: NUL-terminated fields
- * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP [ARG...], opens STDOUT and STDERR
- * (stdin becomes /dev/null) and goes on as above. Moving a process into a cgroup waits for an
- * RCU grace period (the kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a
- * worker starts the next action's sandbox-exec, in the next action's cgroups, while the current
- * one runs, so that wait is not an action's. It exits quietly when stdin closes with nothing on
- * it.
+ * STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS MNTNS -- BWRAP [ARG...], opens STDOUT and
+ * STDERR (stdin becomes /dev/null) and goes on as above, except that BWRAP runs as its child:
+ * this process, by then with the sandbox's uid and no capability, stays to reap it and, as
+ * their child subreaper, every process of the action orphaned meanwhile, and exits as BWRAP did
+ * once none is left. bwrap exits as soon as the command has, before its own init (pid 1 of the
+ * sandbox) is reaped; that init would otherwise go to the host's init, and until reaped count
+ * in the cgroup's pids.current, the limit of the next action lent the same cgroup
+ * (workers/cgroups.py). Moving a process into a cgroup waits for an RCU grace period (the
+ * kernel's cgroup_threadgroup_rwsem), ~10 ms on the hosts measured: a worker starts the next
+ * action's sandbox-exec, in the next action's cgroups, while the current one runs, so that wait
+ * is not an action's. It exits quietly when stdin closes with nothing on it.
  *
  * --netns: holds a network namespace of its own with only `lo`, up, for the worker to lend to
  * actions one at a time (NETNS above): prints "ready" once it exists, then waits for stdin to
  * close (the worker ending it, or dying) and exits. Made by root, the namespace belongs to the
  * host's user namespace, so an action in it has no capability over it. Its sysctls keep a new
  * namespace's defaults, as in one bwrap makes (ports below 1024 and ping sockets refused).
+ *
+ * --mntns: holds a mount namespace of its own, a copy of the host's less the mounts at each
+ * MOUNTPOINT (each detached with what is mounted below it, as `umount -l`): prints "ready" once
+ * it is made, then waits for stdin to close, as --netns does. bwrap reads the whole mount
+ * table again for each mount it makes (~15 per action), so an action started from a namespace
+ * without the host's /sys, cgroup and other mounts it never uses costs less; nothing of that
+ * namespace but what bwrap binds is in the sandbox (bwrap detaches the rest).
  *
  * Exit 125 when a step fails (the message on stderr), 127 when BWRAP is missing, 126 when it
  * cannot run, as a shell would. Built by workers/sandbox_exec.py.
@@ -39,10 +53,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int fail(const char *what, const char *arg) {
@@ -88,29 +106,61 @@ static int join(long long pid, char **procs, int count) {
     return 0;
 }
 
-/* The launch proper, from NOFILE on (see the top); returns only on failure. */
-static int launch(int argc, char **argv) {
-    if (argc < 9) {
-        dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP...\n");
+/* Joins the namespace at `path` unless it is "-"; 0 on success. Joining a mount namespace
+ * moves the root and working directory to its root; every path used after is absolute. */
+static int join_ns(const char *path, int type) {
+    if (strcmp(path, "-") == 0)
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail("cannot open", path) != 0;
+    int failed = setns(fd, type) != 0;
+    if (failed)
+        fail("setns", path);
+    close(fd);
+    return failed;
+}
+
+/* Waits for every child, adopted ones too, until none is left; then ends as `child` did: its
+ * exit status, or killed by the same signal. */
+static int reap_all(pid_t child) {
+    int status = 125 << 8;
+    for (;;) {
+        int got_status;
+        pid_t got = waitpid(-1, &got_status, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            break; /* ECHILD: none left */
+        if (got == child)
+            status = got_status;
+    }
+    if (WIFSIGNALED(status)) {
+        signal(WTERMSIG(status), SIG_DFL);
+        kill(getpid(), WTERMSIG(status));
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 125;
+}
+
+/* The launch proper, from NOFILE on (see the top); returns only on failure, or with `reap` (the
+ * standby's launch) BWRAP's exit status once every process under this one is reaped. */
+static int launch(int argc, char **argv, int reap) {
+    if (argc < 10) {
+        dprintf(2, "usage: sandbox-exec NOFILE FSIZE AS NPROC UID GID NETNS MNTNS -- BWRAP...\n");
         return 125;
     }
     long long nofile = number(argv[0]), fsize = number(argv[1]), as = number(argv[2]);
     long long nproc = number(argv[3]), uid = number(argv[4]), gid = number(argv[5]);
-    const char *netns = argv[6];
-    if (strcmp(argv[7], "--") != 0) {
-        dprintf(2, "sandbox-exec: -- expected after UID GID NETNS\n");
+    const char *netns = argv[6], *mntns = argv[7];
+    if (strcmp(argv[8], "--") != 0) {
+        dprintf(2, "sandbox-exec: -- expected after UID GID NETNS MNTNS\n");
         return 125;
     }
-    char **program = argv + 8;
-    /* First: joining a namespace takes root, and a small RLIMIT_NOFILE could refuse the open. */
-    if (strcmp(netns, "-") != 0) {
-        int fd = open(netns, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            return fail("cannot open", netns);
-        if (setns(fd, CLONE_NEWNET) != 0)
-            return fail("setns", netns);
-        close(fd);
-    }
+    char **program = argv + 9;
+    /* First: joining a namespace takes root, and a small RLIMIT_NOFILE could refuse the open.
+     * The network one first: its path is under /proc, which the mount namespace keeps too. */
+    if (join_ns(netns, CLONE_NEWNET) || join_ns(mntns, CLONE_NEWNS))
+        return 125;
     if (limit(RLIMIT_NOFILE, nofile, "RLIMIT_NOFILE") || limit(RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE") ||
         limit(RLIMIT_CORE, 0, "RLIMIT_CORE") || limit(RLIMIT_AS, as, "RLIMIT_AS") ||
         limit(RLIMIT_NPROC, nproc, "RLIMIT_NPROC"))
@@ -134,10 +184,22 @@ static int launch(int argc, char **argv) {
         if (syscall(SYS_capset, &header, data) != 0)
             return fail("capset", "none");
     }
+    if (reap) {
+        /* Not inherited by the child: bwrap's init, orphaned when bwrap exits, comes here. */
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+            return fail("prctl", "PR_SET_CHILD_SUBREAPER");
+        pid_t child = fork();
+        if (child < 0)
+            return fail("fork", program[0]);
+        if (child > 0)
+            return reap_all(child);
+    }
     char *no_env[] = {NULL};
     execve(program[0], program, no_env);
     int code = errno == ENOENT ? 127 : 126;
     dprintf(2, "cannot run '%s': %s\n", program[0], strerror(errno));
+    if (reap)
+        _exit(code);
     return code;
 }
 
@@ -186,8 +248,8 @@ static int standby(int argc, char **argv) {
         return fail("read", "stdin");
     if (count == 0)
         return 0; /* not needed after all */
-    if (count < 11) {
-        dprintf(2, "sandbox-exec: a request has STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS -- BWRAP\n");
+    if (count < 12) {
+        dprintf(2, "sandbox-exec: a request has STDOUT STDERR NOFILE FSIZE AS NPROC UID GID NETNS MNTNS -- BWRAP\n");
         return 125;
     }
     int null = open("/dev/null", O_RDONLY);
@@ -196,7 +258,36 @@ static int standby(int argc, char **argv) {
     if (null < 0 || out < 0 || err < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         return fail("cannot open", fields[0]);
     close(null);
-    return launch(count - 2, fields + 2);
+    return launch(count - 2, fields + 2, 1);
+}
+
+/* Prints "ready", then waits until stdin closes. */
+static int hold(void) {
+    if (write(1, "ready\n", 6) != 6)
+        return fail("write", "stdout");
+    char buffer[64];
+    for (;;) {
+        ssize_t got = read(0, buffer, sizeof buffer);
+        if (got == 0 || (got < 0 && errno != EINTR))
+            return 0;
+    }
+}
+
+static int hold_mntns(int count, char **mountpoints) {
+    if (unshare(CLONE_NEWNS) != 0)
+        return fail("unshare", "CLONE_NEWNS");
+    /* Mounts made here stay here; what the host mounts where it shares reaches here. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0)
+        return fail("cannot make a slave of", "/");
+    for (int i = 0; i < count; i++) {
+        /* Again while it works: more than one mount may be stacked at one mountpoint. */
+        int detached = 0;
+        while (umount2(mountpoints[i], MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
+            detached++;
+        if (!detached && errno != EINVAL && errno != ENOENT)
+            return fail("cannot detach", mountpoints[i]);
+    }
+    return hold();
 }
 
 static int hold_netns(void) {
@@ -212,20 +303,15 @@ static int hold_netns(void) {
     if (ioctl(fd, SIOCSIFFLAGS, &request) != 0)
         return fail("cannot bring up", "lo");
     close(fd);
-    if (write(1, "ready\n", 6) != 6)
-        return fail("write", "stdout");
-    char buffer[64];
-    for (;;) {
-        ssize_t got = read(0, buffer, sizeof buffer);
-        if (got == 0 || (got < 0 && errno != EINTR))
-            return 0;
-    }
+    return hold();
 }
 
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--netns") == 0)
         return hold_netns();
+    if (argc >= 2 && strcmp(argv[1], "--mntns") == 0)
+        return hold_mntns(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "--standby") == 0)
         return standby(argc - 2, argv + 2);
-    return launch(argc - 1, argv + 1);
+    return launch(argc - 1, argv + 1, 0);
 }
