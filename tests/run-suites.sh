@@ -18,7 +18,7 @@ set -o pipefail
 sqlite=$!
 (
   failed=0
-  TEST_REDIS_DB=12 $make --no-print-directory test-postgres 2>&1 | prefix postgres || failed=1
+  TEST_REDIS_DB=15 $make --no-print-directory test-postgres 2>&1 | prefix postgres || failed=1
   TEST_REDIS_DB=14 $make --no-print-directory test-s3 2>&1 | prefix s3 || failed=1
   exit $failed
 ) &
