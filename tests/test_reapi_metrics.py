@@ -162,6 +162,9 @@ def test_the_scrape_counts_what_a_cold_and_a_warm_bazel_build_did(
     assert all(re.search(r"tool_invocation_id=[0-9a-f-]{36} ", line) for line in lines), lines[:3]
     assert all(re.search(r"action_id=[0-9a-f]{64} ", line) for line in lines), lines[:3]
     assert all(f"token_prefix={pat[:13]} " in line for line in lines), lines[:3]
+    # The client's address, as gRPC names it (Bazel on this machine: IPv4 or IPv6 loopback).
+    peer = re.compile(r" peer=\"?ipv[46]:[0-9a-f.:\[\]%]+:[0-9]+\"?( |$)")
+    assert all(peer.search(line) for line in lines), lines[:3]
     assert sum("code=OK " in line for line in lines) == hits
 
 
