@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,24 +46,31 @@ def busy_ticks() -> int:
     return user + nice + system + irq + softirq
 
 
-def user_process_ticks() -> dict[tuple[int, str], int]:
-    """(pid, start time) -> CPU ticks of every user process but this one and its children
-    (kernel threads left out). Their own ticks only: those of the children they reaped may
-    have been spent before."""
-    found = {}
+def _processes() -> Iterator[tuple[int, list[str], bool]]:
+    """(pid, the fields of /proc/PID/stat after the command name, whether it is a kernel thread)
+    of every process alive now."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit():
             continue
         try:
             text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
         fields = text[text.rindex(")") + 2 :].split()
-        ppid, flags = int(fields[1]), int(fields[6])
-        if flags & 0x00200000 or ppid == 2 or int(entry) == 2 or ppid == os.getpid():  # PF_KTHREAD
-            continue
-        found[(int(entry), fields[19])] = int(fields[11]) + int(fields[12])
-    return found
+        pid = int(entry)
+        yield pid, fields, bool(int(fields[6]) & 0x00200000) or int(fields[1]) == 2 or pid == 2  # PF_KTHREAD
+
+
+def user_process_ticks() -> dict[tuple[int, str], int]:
+    """(pid, start time) -> CPU ticks of every user process but this one and its children
+    (kernel threads left out). Their own ticks only: those of the children they reaped may
+    have been spent before."""
+    me = os.getpid()
+    return {
+        (pid, fields[19]): int(fields[11]) + int(fields[12])
+        for pid, fields, kernel in _processes()
+        if not kernel and pid != me and int(fields[1]) != me
+    }
 
 
 def adopt_orphans() -> None:
@@ -99,18 +106,7 @@ def own_seconds() -> float:
 def kernel_thread_ticks() -> int:
     """CPU ticks of every kernel thread (kworkers, ksoftirqd, RCU): some of it is ours, some
     the other work's."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if int(fields[6]) & 0x00200000 or int(fields[1]) == 2 or int(entry) == 2:  # PF_KTHREAD
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(int(fields[11]) + int(fields[12]) for _pid, fields, kernel in _processes() if kernel)
 
 
 @dataclass

@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import select
-import subprocess
 import threading
 from collections.abc import Callable, Iterable
 
@@ -40,19 +39,7 @@ class Holder(netns.Holder):
     """One `sandbox-exec --mntns MOUNTPOINT...` and the mount namespace it holds."""
 
     def __init__(self, starter: str, detach: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [starter, "--mntns", *detach],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={},
-            start_new_session=True,
-            close_fds=True,
-        )
-        self._ready = False
-
-    @property
-    def path(self) -> str:
-        return f"/proc/{self.proc.pid}/ns/mnt"
+        super().__init__(starter, ("--mntns", *detach), "mnt")
 
 
 def mountpoints(mountinfo: str) -> list[str]:

@@ -36,13 +36,15 @@ class NamespaceUnavailable(RuntimeError):
 
 
 class Holder:
-    """One `sandbox-exec --netns` and the namespace it holds."""
+    """One `sandbox-exec --netns` and the namespace it holds (or, with other `args` and `kind`,
+    another kind of namespace: workers/mntns.py)."""
 
-    def __init__(self, starter: str) -> None:
+    def __init__(self, starter: str, args: tuple[str, ...] = ("--netns",), kind: str = "net") -> None:
+        self.kind = kind
         # Its own session: a signal to the worker's process group does not end it before the
         # worker has ended the actions using it. It dies with the worker anyway: stdin closes.
         self.proc = subprocess.Popen(
-            [starter, "--netns"],
+            [starter, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={},
@@ -53,7 +55,7 @@ class Holder:
 
     @property
     def path(self) -> str:
-        return f"/proc/{self.proc.pid}/ns/net"
+        return f"/proc/{self.proc.pid}/ns/{self.kind}"
 
     def wait_ready(self) -> None:
         """Returns once the namespace exists (at once for one made ahead), or raises."""
