@@ -300,16 +300,11 @@ def find_missing(cluster: str, asked: int, missing: int) -> None:
 
 def storage(backend: str, op: str, seconds: float) -> None:
     if ENABLED:
-        # _storage's memo and _observe inlined: a few times every RPC.
+        # _storage's memo read here (its call only on a miss); the row is _observe's.
         histogram = _storage_children.get((backend, op))
         if histogram is None:
             histogram = _storage_children[(backend, op)] = _storage(backend, op)
-        shard = getattr(_LOCAL, "shard", None) or _TALLY.shard()
-        row = shard.get(histogram)
-        if row is None:
-            row = shard[histogram] = _row(histogram)
-        row[bisect.bisect_left(histogram._upper_bounds, seconds)] += 1
-        row[-1] += seconds
+        _observe(getattr(_LOCAL, "shard", None) or _TALLY.shard(), histogram, seconds)
 
 
 # (backend, op) -> the prometheus child of reapi_storage_operation_seconds.
