@@ -57,7 +57,14 @@ def _value(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if not text:
         return '""'
+    # ASCII letters and digits (a Bazel action id is hex) pass without the regular expression.
+    if text.isascii() and text.isalnum():
+        return text
     return text if _LOGFMT_SAFE.fullmatch(text) else json.dumps(text)
+
+
+# A duration's milliseconds as three digits, looked up: a format spec costs ~0.4 µs a line.
+_THOUSANDTHS = tuple(f"{n:03d}" for n in range(1000))
 
 
 # _value of the strings a server logs again and again (a build's invocation id, a client's
@@ -121,7 +128,7 @@ class Lines:
         quoted = _quoted.get
         invocation = meta.tool_invocation_id[:100]
         line = (
-            f"{self.head}{code} duration_ms={micros // 1000}.{micros % 1000:03d} bytes={nbytes}{self.middle}"
+            f"{self.head}{code} duration_ms={micros // 1000}.{_THOUSANDTHS[micros % 1000]} bytes={nbytes}{self.middle}"
             f" tool_invocation_id={quoted(invocation) or _quote(invocation)}"
             f" action_id={_value(meta.action_id[:100])} peer={quoted(peer) or _quote(peer)}"
         )
