@@ -86,7 +86,8 @@ def calls(
     a GetActionResult of an unknown action (`gar_miss`), FindMissingBlobs of 2 fresh outputs,
     stdout and 1 present blob (`findmissing_small`), BatchUpdateBlobs of 3 fresh ~1 KiB blobs
     (`batchupdate_small`), UpdateActionResult of a fresh action naming 2 output files and stdout
-    uploaded before the count (`uar`), and all four in a row, one action each (`cold`)."""
+    uploaded before the count (`uar`), and all four in a row, one action each (`cold`); each
+    with a RequestMetadata header as Bazel sends (one invocation id, an action id per action)."""
     cas = re_grpc.ContentAddressableStorageStub(channel)
     ac = re_grpc.ActionCacheStub(channel)
     bs = bs_grpc.ByteStreamStub(channel)
@@ -182,6 +183,18 @@ def calls(
         request = re_pb2.FindMissingBlobsRequest(blob_digests=present_10k + fresh)
         cas.FindMissingBlobs(request, metadata=md, timeout=60)
 
+    # Bazel 4.2.3 sends its RequestMetadata on every call: one invocation, a fresh action id.
+    invocation = str(uuid.uuid4())
+
+    def bazel(action_id: str = "") -> tuple[tuple[str, str | bytes], ...]:
+        meta = re_pb2.RequestMetadata(
+            tool_details=re_pb2.ToolDetails(tool_name="bazel", tool_version="4.2.3"),
+            action_id=action_id or os.urandom(32).hex(),
+            tool_invocation_id=invocation,
+            correlated_invocations_id=invocation,
+        )
+        return (*md, ("build.bazel.remote.execution.v2.requestmetadata-bin", meta.SerializeToString()))
+
     def fresh_action() -> tuple[list[bytes], re_pb2.ActionResult]:
         blobs = [os.urandom(1024), os.urandom(900), b"INFO: " + os.urandom(40).hex().encode() + b"\n"]
         result = re_pb2.ActionResult(
@@ -193,19 +206,19 @@ def calls(
         )
         return blobs, result
 
-    def upload(blobs: list[bytes]) -> None:
+    def upload(blobs: list[bytes], action_id: str = "") -> None:
         cas.BatchUpdateBlobs(
             re_pb2.BatchUpdateBlobsRequest(
                 requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in blobs]
             ),
-            metadata=md,
+            metadata=bazel(action_id),
             timeout=60,
         )
 
-    def update_result(result: re_pb2.ActionResult) -> None:
+    def update_result(result: re_pb2.ActionResult, action_id: str = "") -> None:
         ac.UpdateActionResult(
             re_pb2.UpdateActionResultRequest(action_digest=digest(os.urandom(100)), action_result=result),
-            metadata=md,
+            metadata=bazel(action_id),
             timeout=60,
         )
 
@@ -220,10 +233,12 @@ def calls(
             upload(pending)
             pending = []
 
-    def gar_miss() -> None:
+    def gar_miss(action_id: str = "") -> None:
         try:
             ac.GetActionResult(
-                re_pb2.GetActionResultRequest(action_digest=digest(os.urandom(100))), metadata=md, timeout=60
+                re_pb2.GetActionResultRequest(action_digest=digest(os.urandom(100))),
+                metadata=bazel(action_id),
+                timeout=60,
             )
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND:
@@ -231,16 +246,21 @@ def calls(
 
     def find_small() -> None:
         digests = [digest(os.urandom(1024)), digest(os.urandom(900)), digest(os.urandom(50)), one]
-        cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(blob_digests=digests), metadata=md, timeout=60)
+        cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(blob_digests=digests), metadata=bazel(), timeout=60
+        )
 
     def cold() -> None:
         blobs, result = fresh_action()
-        gar_miss()
+        action_id = os.urandom(32).hex()
+        gar_miss(action_id)
         cas.FindMissingBlobs(
-            re_pb2.FindMissingBlobsRequest(blob_digests=[digest(b) for b in blobs]), metadata=md, timeout=60
+            re_pb2.FindMissingBlobsRequest(blob_digests=[digest(b) for b in blobs]),
+            metadata=bazel(action_id),
+            timeout=60,
         )
-        upload(blobs)
-        update_result(result)
+        upload(blobs, action_id)
+        update_result(result, action_id)
 
     return {
         "gar_miss": gar_miss,
