@@ -74,12 +74,20 @@ class Writer:
 VOTED_STORAGE = "reapi-internal"
 
 
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Pending:
     # An ActionProvenance row by attribute name: no model instance per write (see _commit).
     row: dict[str, Any]
     token_id: int | None
-    done: threading.Event = field(default_factory=threading.Event)
+    # Held until the writer thread is done with this record, then released once: the caller
+    # waits by taking it. (An Event builds a Condition, and a lock of its own on every wait.)
+    done: threading.Lock = field(default_factory=_held)
     error: BaseException | None = None
 
 
@@ -112,7 +120,7 @@ class Recorder:
         )
         self._start()
         self._queue.put(pending)
-        pending.done.wait()
+        pending.done.acquire()
         if pending.error is not None:
             raise pending.error
 
@@ -139,7 +147,7 @@ class Recorder:
                 for pending in batch:
                     pending.error = exc
             for pending in batch:
-                pending.done.set()
+                pending.done.release()
 
 
 # Statements compiled once (reapi.upserts): bulk_create compiled them on every batch, most of
