@@ -58,6 +58,11 @@ WORKLOADS = (
     "batchupdate",
     "write64m",
     "read64m",
+    "gar_miss",
+    "findmissing_small",
+    "batchupdate_small",
+    "uar",
+    "cold",
 )
 WARM_UP = 200
 
@@ -66,13 +71,23 @@ def digest(data: bytes) -> re_pb2.Digest:
     return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
-def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, Callable[[], None]]:
+def calls(
+    channel: grpc.Channel, md: tuple[tuple[str, str], ...], n: int = 0
+) -> dict[str, Callable[[], None]]:
     """One call of each workload, against blobs and an action result stored here first: a
     GetActionResult of 4 outputs and stdout (bench/run.py's), a ByteStream Read of a 2 KiB blob,
     BatchReadBlobs of 100 such blobs, FindMissingBlobs of 50 present and the same 50 absent,
     FindMissingBlobs of 10,000 (bench/run.py's: 5,000 present, 5,000 never seen),
     BatchUpdateBlobs of 100 fresh 2 KiB blobs, and bench/run.py's ByteStream: a fresh 64 MiB
-    blob written in 1 MiB chunks, and one read (use a small --calls for these two)."""
+    blob written in 1 MiB chunks, and one read (use a small --calls for these two).
+
+    And a cold build's calls per action, as Bazel 4.2.3 makes them (`n` is how many calls will
+    be made, warm-up included, so the `uar` workload's outputs are all uploaded beforehand):
+    a GetActionResult of an unknown action (`gar_miss`), FindMissingBlobs of 2 fresh outputs,
+    stdout and 1 present blob (`findmissing_small`), BatchUpdateBlobs of 3 fresh ~1 KiB blobs
+    (`batchupdate_small`), UpdateActionResult of a fresh action naming 2 output files and stdout
+    uploaded before the count (`uar`), and all four in a row, one action each (`cold`); each
+    with a RequestMetadata header as Bazel sends (one invocation id, an action id per action)."""
     cas = re_grpc.ContentAddressableStorageStub(channel)
     ac = re_grpc.ActionCacheStub(channel)
     bs = bs_grpc.ByteStreamStub(channel)
@@ -168,7 +183,91 @@ def calls(channel: grpc.Channel, md: tuple[tuple[str, str], ...]) -> dict[str, C
         request = re_pb2.FindMissingBlobsRequest(blob_digests=present_10k + fresh)
         cas.FindMissingBlobs(request, metadata=md, timeout=60)
 
+    # Bazel 4.2.3 sends its RequestMetadata on every call: one invocation, a fresh action id.
+    invocation = str(uuid.uuid4())
+
+    def bazel(action_id: str = "") -> tuple[tuple[str, str | bytes], ...]:
+        meta = re_pb2.RequestMetadata(
+            tool_details=re_pb2.ToolDetails(tool_name="bazel", tool_version="4.2.3"),
+            action_id=action_id or os.urandom(32).hex(),
+            tool_invocation_id=invocation,
+            correlated_invocations_id=invocation,
+        )
+        return (*md, ("build.bazel.remote.execution.v2.requestmetadata-bin", meta.SerializeToString()))
+
+    def fresh_action() -> tuple[list[bytes], re_pb2.ActionResult]:
+        blobs = [os.urandom(1024), os.urandom(900), b"INFO: " + os.urandom(40).hex().encode() + b"\n"]
+        result = re_pb2.ActionResult(
+            output_files=[
+                re_pb2.OutputFile(path=f"bazel-out/k8-fastbuild/bin/g{i}.out", digest=digest(b))
+                for i, b in enumerate(blobs[:2])
+            ],
+            stdout_digest=digest(blobs[2]),
+        )
+        return blobs, result
+
+    def upload(blobs: list[bytes], action_id: str = "") -> None:
+        cas.BatchUpdateBlobs(
+            re_pb2.BatchUpdateBlobsRequest(
+                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in blobs]
+            ),
+            metadata=bazel(action_id),
+            timeout=60,
+        )
+
+    def update_result(result: re_pb2.ActionResult, action_id: str = "") -> None:
+        ac.UpdateActionResult(
+            re_pb2.UpdateActionResultRequest(action_digest=digest(os.urandom(100)), action_result=result),
+            metadata=bazel(action_id),
+            timeout=60,
+        )
+
+    # `uar`: every action's outputs uploaded now, 100 blobs a call, outside the count.
+    uploaded: list[re_pb2.ActionResult] = []
+    pending: list[bytes] = []
+    for i in range(n if n else 0):
+        blobs, result = fresh_action()
+        uploaded.append(result)
+        pending += blobs
+        if len(pending) >= 99 or i == n - 1:
+            upload(pending)
+            pending = []
+
+    def gar_miss(action_id: str = "") -> None:
+        try:
+            ac.GetActionResult(
+                re_pb2.GetActionResultRequest(action_digest=digest(os.urandom(100))),
+                metadata=bazel(action_id),
+                timeout=60,
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def find_small() -> None:
+        digests = [digest(os.urandom(1024)), digest(os.urandom(900)), digest(os.urandom(50)), one]
+        cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(blob_digests=digests), metadata=bazel(), timeout=60
+        )
+
+    def cold() -> None:
+        blobs, result = fresh_action()
+        action_id = os.urandom(32).hex()
+        gar_miss(action_id)
+        cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(blob_digests=[digest(b) for b in blobs]),
+            metadata=bazel(action_id),
+            timeout=60,
+        )
+        upload(blobs, action_id)
+        update_result(result, action_id)
+
     return {
+        "gar_miss": gar_miss,
+        "findmissing_small": find_small,
+        "batchupdate_small": lambda: upload(fresh_action()[0]),
+        "uar": lambda: update_result(uploaded.pop()),
+        "cold": cold,
         "findmissing10k": find_10k,
         "gar": lambda: ac.GetActionResult(
             re_pb2.GetActionResultRequest(action_digest=action), metadata=md, timeout=60
@@ -216,7 +315,7 @@ def measure(workload: str, mode: str, n: int, tree: Path, bare: bool, keep: Path
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             _wait(channel, md, proc, work / "server.log")
-            call = calls(channel, md)[workload]
+            call = calls(channel, md, min(WARM_UP, n) + n if workload == "uar" else 0)[workload]
             for _ in range(min(WARM_UP, n)):  # a call of 10,000 digests warms up as much as 200 small ones
                 call()
             _control("-i", "on", proc.pid)

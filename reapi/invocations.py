@@ -22,7 +22,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
-from reapi import usage
+from reapi import upserts, usage
 from reapi.auth import Principal
 from reapi.digests import Digest
 from reapi.gen.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -122,6 +122,11 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
+# A miss already recorded for its invocation stays as it is (reapi.upserts: compiled once, no
+# model instance per miss, one row per missed action of a cold build).
+_MISSES = upserts.Upsert(InvocationMiss)
+
+
 def _save(tenant_id: int, invocation_id: str, entry: Pending) -> None:
     first, last = _when(entry.first), _when(entry.last)
     increments = {name: F(name) + v for name, v in zip(COUNTERS, entry.counts, strict=True)}
@@ -154,22 +159,24 @@ def _save(tenant_id: int, invocation_id: str, entry: Pending) -> None:
                     raise
         if entry.misses:
             row = rows.values_list("pk", flat=True).get()
-            InvocationMiss.objects.bulk_create(
+            _MISSES.run(
                 [
-                    InvocationMiss(
-                        invocation_id=row,
-                        tenant_id=tenant_id,
-                        storage=storage,
-                        cluster=entry.cluster,
-                        action_hash=action_hash,
-                        action_size=size,
-                        mnemonic=mnemonic,
-                        target_id=target,
-                        missed_at=_when(when),
-                    )
+                    {
+                        "invocation_id": row,
+                        "tenant_id": tenant_id,
+                        "storage": storage,
+                        "cluster": entry.cluster,
+                        "action_hash": action_hash,
+                        "action_size": size,
+                        "mnemonic": mnemonic,
+                        "target_id": target,
+                        "missed_at": _when(when),
+                        "outputs_key": "",
+                        "outputs": [],
+                        "explanation": None,
+                    }
                     for action_hash, (size, storage, mnemonic, target, when) in entry.misses.items()
-                ],
-                ignore_conflicts=True,
+                ]
             )
 
 

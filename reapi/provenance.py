@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from portal import audit
 from portal.models import AccessToken
+from reapi import upserts
 from reapi.ac_entries import Author
 from reapi.digests import Digest
 from reapi.errors import Unauthenticated
@@ -73,11 +74,20 @@ class Writer:
 VOTED_STORAGE = "reapi-internal"
 
 
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Pending:
-    row: ActionProvenance
+    # An ActionProvenance row by attribute name: no model instance per write (see _commit).
+    row: dict[str, Any]
     token_id: int | None
-    done: threading.Event = field(default_factory=threading.Event)
+    # Held until the writer thread is done with this record, then released once: the caller
+    # waits by taking it. (An Event builds a Condition, and a lock of its own on every wait.)
+    done: threading.Lock = field(default_factory=_held)
     error: BaseException | None = None
 
 
@@ -90,27 +100,27 @@ class Recorder:
     def record(self, storage: str, tenant: str, action: Digest, writer: Writer) -> None:
         """Commit the record of one write; returns once it is durable."""
         pending = _Pending(
-            ActionProvenance(
-                storage=storage,
-                tenant=tenant,
-                action_hash=action.hash,
-                action_size=action.size,
-                token_id=writer.token_id,
-                token_prefix=writer.token_prefix,
-                user_id=writer.user_id,
-                username=writer.username[:150],
-                cluster=writer.cluster,
-                written_at=timezone.now(),
-                tool_name=writer.tool_name[:100],
-                tool_version=writer.tool_version[:100],
-                tool_invocation_id=writer.tool_invocation_id[:100],
-                correlated_invocations_id=writer.correlated_invocations_id[:100],
-            ),
+            {
+                "storage": storage,
+                "tenant": tenant,
+                "action_hash": action.hash,
+                "action_size": action.size,
+                "token_id": writer.token_id,
+                "token_prefix": writer.token_prefix,
+                "user_id": writer.user_id,
+                "username": writer.username[:150],
+                "cluster": writer.cluster,
+                "written_at": timezone.now(),
+                "tool_name": writer.tool_name[:100],
+                "tool_version": writer.tool_version[:100],
+                "tool_invocation_id": writer.tool_invocation_id[:100],
+                "correlated_invocations_id": writer.correlated_invocations_id[:100],
+            },
             writer.token_id,
         )
         self._start()
         self._queue.put(pending)
-        pending.done.wait()
+        pending.done.acquire()
         if pending.error is not None:
             raise pending.error
 
@@ -137,7 +147,60 @@ class Recorder:
                 for pending in batch:
                     pending.error = exc
             for pending in batch:
-                pending.done.set()
+                pending.done.release()
+
+
+# Statements compiled once (reapi.upserts): bulk_create compiled them on every batch, most of
+# the Python work of an UpdateActionResult.
+_PROVENANCE = upserts.Upsert(
+    ActionProvenance,
+    unique=["storage", "tenant", "action_hash"],
+    update=[
+        "action_size",
+        "token_id",
+        "token_prefix",
+        "user_id",
+        "username",
+        "cluster",
+        "written_at",
+        "tool_name",
+        "tool_version",
+        "tool_invocation_id",
+        "correlated_invocations_id",
+    ],
+)
+_VOTE = upserts.Upsert(
+    ActionVote,
+    unique=["storage", "tenant", "action_hash", "token_id"],
+    update=["action_size", "user_id", "written_at"],
+)
+
+
+# (database alias, how many ids) -> the SELECT ... FOR UPDATE of _live_tokens, as Django compiled it.
+_LIVE_TOKENS_SQL: dict[tuple[str, int], str] = {}
+
+
+def _live_tokens(token_ids: list[int]) -> set[int]:
+    """Which of these tokens are not revoked, their rows locked until the transaction ends."""
+    if not token_ids:
+        return set()
+    key = (connection.alias, len(token_ids))
+    sql = _LIVE_TOKENS_SQL.get(key)
+    if sql is None:
+        query = (
+            AccessToken.objects.select_for_update()
+            .filter(id__in=token_ids, revoked_at__isnull=True)
+            .values_list("id", flat=True)
+            .query
+        )
+        sql, params = query.get_compiler(using=connection.alias).as_sql()
+        # The ids are its only parameters, in this order: then any ids of this count fit it.
+        if list(params) != token_ids:
+            raise RuntimeError(f"the live-token query does not take just the ids: {sql}")
+        _LIVE_TOKENS_SQL[key] = sql
+    with connection.cursor() as cursor:
+        cursor.execute(sql, token_ids)
+        return {token_id for (token_id,) in cursor.fetchall()}
 
 
 def _commit(batch: list[_Pending]) -> None:
@@ -146,60 +209,38 @@ def _commit(batch: list[_Pending]) -> None:
     with transaction.atomic():
         # Locks the token rows until commit, so a revocation is ordered before or after
         # this whole batch (see the module docstring).
-        live = set(
-            AccessToken.objects.select_for_update()
-            .filter(id__in=token_ids, revoked_at__isnull=True)
-            .values_list("id", flat=True)
-        )
+        live = _live_tokens(sorted(token_ids))
         rows = {}
         written = []
         for pending in batch:
+            row = pending.row
             if pending.token_id is not None and pending.token_id not in live:
                 pending.error = Unauthenticated(
-                    f"personal access token {pending.row.token_prefix}… has been revoked"
+                    f"personal access token {row['token_prefix']}… has been revoked"
                 )
                 continue
             # One row per entry: within a batch the last write wins, as in storage.
-            rows[(pending.row.storage, pending.row.tenant, pending.row.action_hash)] = pending.row
-            written.append(pending.row)
+            rows[(row["storage"], row["tenant"], row["action_hash"])] = row
+            written.append(row)
         # Every writer's vote, not just the last: each write added its user to the entry.
         votes = {}
         for row in written:
-            if row.cluster == "external" and row.storage == VOTED_STORAGE and row.token_id is not None:
-                votes[(row.storage, row.tenant, row.action_hash, row.token_id)] = ActionVote(
-                    storage=row.storage,
-                    tenant=row.tenant,
-                    action_hash=row.action_hash,
-                    action_size=row.action_size,
-                    token_id=row.token_id,
-                    user_id=row.user_id,
-                    written_at=row.written_at,
-                )
-        if votes:
-            ActionVote.objects.bulk_create(
-                list(votes.values()),
-                update_conflicts=True,
-                unique_fields=["storage", "tenant", "action_hash", "token_id"],
-                update_fields=["action_size", "user_id", "written_at"],
-            )
-        ActionProvenance.objects.bulk_create(
-            list(rows.values()),
-            update_conflicts=True,
-            unique_fields=["storage", "tenant", "action_hash"],
-            update_fields=[
-                "action_size",
-                "token_id",
-                "token_prefix",
-                "user_id",
-                "username",
-                "cluster",
-                "written_at",
-                "tool_name",
-                "tool_version",
-                "tool_invocation_id",
-                "correlated_invocations_id",
-            ],
-        )
+            if (
+                row["cluster"] == "external"
+                and row["storage"] == VOTED_STORAGE
+                and row["token_id"] is not None
+            ):
+                votes[(row["storage"], row["tenant"], row["action_hash"], row["token_id"])] = {
+                    "storage": row["storage"],
+                    "tenant": row["tenant"],
+                    "action_hash": row["action_hash"],
+                    "action_size": row["action_size"],
+                    "token_id": row["token_id"],
+                    "user_id": row["user_id"],
+                    "written_at": row["written_at"],
+                }
+        _VOTE.run(list(votes.values()))
+        _PROVENANCE.run(list(rows.values()))
 
 
 _recorder = Recorder()
