@@ -2,12 +2,13 @@
 database and columns.
 
 QuerySet.bulk_create(update_conflicts=True, or ignore_conflicts=True) builds its INSERT ... ON
-CONFLICT statement anew on every call, and wants a model instance per row: ~0.5 ms of Python for the one provenance row an UpdateActionResult commits
-(reapi.provenance), several times what the database itself does with it; ~40 µs per row for the misses of an
-invocation (reapi.invocations), most of it the instances. The statement depends
-only on the model, the database and the column lists, so it is compiled once, by Django's own
-compiler (every backend keeps Django's dialect), and each batch runs it once per row with
-executemany. Values go through each field's get_db_prep_save, as bulk_create's do.
+CONFLICT statement anew on every call, and wants a model instance per row: ~0.5 ms of Python
+for the one provenance row an UpdateActionResult commits (reapi.provenance), several times what
+the database itself does with it; ~40 µs per row for the misses of an invocation
+(reapi.invocations), most of it the instances. The statement depends only on the model, the
+database and the column lists, so it is compiled once, by Django's own compiler (every backend
+keeps Django's dialect), and each batch runs it once per row with executemany. Values go
+through each field's get_db_prep_save, as bulk_create's do.
 """
 
 import threading
