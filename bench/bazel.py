@@ -68,7 +68,7 @@ class BenchBazel:
 
     def __init__(self, workdir: Path, key: str, actions: int, largest: int, extra_flags: list[str]) -> None:
         self.workspace = workdir / "workspaces" / key
-        self.user_root = workdir / "bazel"
+        self.user_root = servers.apart(workdir, f"bazel-{key}")
         self.output_base = self.user_root / key
         self.extra_flags = extra_flags
         self.labels = bazel_workspace.write(self.workspace, actions, largest)
@@ -177,7 +177,7 @@ def bare_subject(workdir: Path) -> Subject:
 def buildgrid_subject(workdir: Path, version: str) -> Subject:
     @contextmanager
     def serve(r: int) -> Iterator[Endpoint]:
-        with servers.buildgrid(workdir / f"round{r}") as running:
+        with servers.buildgrid(workdir, name=f"buildgrid-round{r}") as running:
             yield Endpoint((f"--remote_cache=grpc://{running.address}",), running.pid)
 
     return Subject(f"BuildGrid {version}", "buildgrid", serve)
@@ -186,7 +186,7 @@ def buildgrid_subject(workdir: Path, version: str) -> Subject:
 def disk_subject(workdir: Path) -> Subject:
     @contextmanager
     def serve(r: int) -> Iterator[Endpoint]:
-        yield Endpoint((f"--disk_cache={workdir / f'round{r}' / 'disk-cache'}",), None)
+        yield Endpoint((f"--disk_cache={servers.apart(workdir, f'round{r}') / 'disk-cache'}",), None)
 
     return Subject("disk cache", "disk", serve)
 
