@@ -61,6 +61,7 @@ WORKLOADS = (
     "gar_miss",
     "findmissing_small",
     "batchupdate_small",
+    "write_small",
     "uar",
     "cold",
 )
@@ -84,10 +85,13 @@ def calls(
     And a cold build's calls per action, as Bazel 4.2.3 makes them (`n` is how many calls will
     be made, warm-up included, so the `uar` workload's outputs are all uploaded beforehand):
     a GetActionResult of an unknown action (`gar_miss`), FindMissingBlobs of 2 fresh outputs,
-    stdout and 1 present blob (`findmissing_small`), BatchUpdateBlobs of 3 fresh ~1 KiB blobs
-    (`batchupdate_small`), UpdateActionResult of a fresh action naming 2 output files and stdout
-    uploaded before the count (`uar`), and all four in a row, one action each (`cold`); each
-    with a RequestMetadata header as Bazel sends (one invocation id, an action id per action)."""
+    stdout and 1 present blob (`findmissing_small`), a ByteStream Write of one fresh ~1 KiB blob
+    in one message (`write_small`: Bazel 4.2.3 uploads every blob so, up to its 16 KiB chunks,
+    never by BatchUpdateBlobs), UpdateActionResult of a fresh action naming 2 output files and
+    stdout uploaded before the count (`uar`), and a cold action in a row (`cold`: the
+    GetActionResult, the FindMissingBlobs, a Write of each of its 3 blobs, the
+    UpdateActionResult); each with a RequestMetadata header as Bazel sends (one invocation id,
+    an action id per action). BatchUpdateBlobs of 3 such blobs stays as `batchupdate_small`."""
     cas = re_grpc.ContentAddressableStorageStub(channel)
     ac = re_grpc.ActionCacheStub(channel)
     bs = bs_grpc.ByteStreamStub(channel)
@@ -215,6 +219,12 @@ def calls(
             timeout=60,
         )
 
+    def write_one(data: bytes, action_id: str = "") -> None:
+        d = digest(data)
+        name = f"uploads/{uuid.uuid4()}/blobs/{d.hash}/{d.size_bytes}"
+        request = bs_pb2.WriteRequest(resource_name=name, write_offset=0, data=data, finish_write=True)
+        bs.Write(iter((request,)), metadata=bazel(action_id), timeout=60)
+
     def update_result(result: re_pb2.ActionResult, action_id: str = "") -> None:
         ac.UpdateActionResult(
             re_pb2.UpdateActionResultRequest(action_digest=digest(os.urandom(100)), action_result=result),
@@ -259,13 +269,15 @@ def calls(
             metadata=bazel(action_id),
             timeout=60,
         )
-        upload(blobs, action_id)
+        for blob in blobs:
+            write_one(blob, action_id)
         update_result(result, action_id)
 
     return {
         "gar_miss": gar_miss,
         "findmissing_small": find_small,
         "batchupdate_small": lambda: upload(fresh_action()[0]),
+        "write_small": lambda: write_one(os.urandom(1024)),
         "uar": lambda: update_result(uploaded.pop()),
         "cold": cold,
         "findmissing10k": find_10k,

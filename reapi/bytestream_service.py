@@ -77,6 +77,12 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
                 response = self._write_compressed(backend, tenant, name, first, request_iterator)
                 self._count_up(context, name.digest.size)
                 return response
+            if first.finish_write and first.write_offset == 0:
+                backend.cas.write_whole(tenant, name.digest, first.data, name.upload_id)
+                usage.add(principal(), self.cluster, usage.STORED, name.digest.size)
+                self._count_up(context, name.digest.size)
+                metrics.cas(self.cluster, "write", name.digest.size)
+                return bs_pb2.WriteResponse(committed_size=name.digest.size)
             upload = backend.cas.open_upload(tenant, name.upload_id, name.digest, first.write_offset)
             request = first
             while True:

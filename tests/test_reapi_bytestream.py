@@ -127,6 +127,46 @@ def test_an_interrupted_upload_resumes_from_what_was_committed(client: Client) -
     assert (status.committed_size, status.complete) == (len(data), True)
 
 
+def test_a_whole_blob_in_one_message_replaces_an_abandoned_partial(client: Client) -> None:
+    # Bazel sends a blob up to its chunk size as one message with finish_write: stored with no
+    # partial, and one an earlier try of the same upload left is not kept as parked bytes.
+    data = os.urandom(40 * 1024)
+    d = digest(data)
+    name = client.upload_resource(d, upload_id=str(uuid.uuid4()))
+
+    def abandoned() -> Iterator[bs_pb2.WriteRequest]:
+        yield bs_pb2.WriteRequest(resource_name=name, write_offset=0, data=data[:1000])
+
+    with pytest.raises(grpc.RpcError):
+        client.bytestream.Write(abandoned(), metadata=client.metadata)
+    assert [f for f in stored_files() if f.endswith(".part")]
+
+    def whole() -> Iterator[bs_pb2.WriteRequest]:
+        yield bs_pb2.WriteRequest(resource_name=name, write_offset=0, data=data, finish_write=True)
+
+    assert client.bytestream.Write(whole(), metadata=client.metadata).committed_size == len(data)
+    assert client.read(d) == data
+    assert [f for f in stored_files() if f.endswith(".part")] == []
+
+
+def test_one_message_longer_than_its_digest_is_refused_and_nothing_is_stored(client: Client) -> None:
+    data = os.urandom(3000)
+    short = digest(data[:2000])
+    before = stored_files()
+
+    def too_long() -> Iterator[bs_pb2.WriteRequest]:
+        yield bs_pb2.WriteRequest(
+            resource_name=client.upload_resource(short), write_offset=0, data=data, finish_write=True
+        )
+
+    with pytest.raises(grpc.RpcError) as info:
+        client.bytestream.Write(too_long(), metadata=client.metadata)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"/3000, not {short.hash}/2000" in (info.value.details() or "")
+    assert stored_files() == before
+    assert client.missing(short) == [short]
+
+
 def test_a_resume_at_the_wrong_offset_is_refused(client: Client) -> None:
     data = os.urandom(1000)
     name = client.upload_resource(digest(data))
