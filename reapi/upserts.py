@@ -41,8 +41,8 @@ class Upsert:
         self.names = [f.attname for f in self.fields]
         self.unique = [meta.get_field(name) for name in unique]
         self.update = [meta.get_field(name) for name in update]
-        # database alias -> the statement, and whether it is in sqlite3's own style
-        self._sql: dict[str, tuple[str, bool]] = {}
+        # database alias -> the statement, and on SQLite the same in sqlite3's own style
+        self._sql: dict[str, tuple[str, str | None]] = {}
         self._lock = threading.Lock()
 
     def run(self, rows: Sequence[dict[str, Any]], using: str = "default") -> None:
@@ -51,6 +51,8 @@ class Upsert:
             return
         connection = connections[using]
         sql, native = self._sql.get(using) or self._compile(using, rows[0])
+        if connection.queries_logged:
+            native = None  # through Django's cursor, which records the query
         params = [
             [
                 f.get_db_prep_save(row[name], connection)
@@ -59,15 +61,15 @@ class Upsert:
             for row in rows
         ]
         with connection.cursor() as cursor:
-            if native:
+            if native is not None:
                 # What CursorWrapper.executemany does, but the placeholders' regex.
                 connection.validate_no_broken_transaction()
                 with connection.wrap_database_errors:
-                    sqlite3.Cursor.executemany(cursor.cursor, sql, params)
+                    sqlite3.Cursor.executemany(cursor.cursor, native, params)
             else:
                 cursor.executemany(sql, params)
 
-    def _compile(self, using: str, row: dict[str, Any]) -> tuple[str, bool]:
+    def _compile(self, using: str, row: dict[str, Any]) -> tuple[str, str | None]:
         query = InsertQuery(
             self.model,
             on_conflict=OnConflict.UPDATE if self.update else OnConflict.IGNORE,
@@ -80,10 +82,10 @@ class Upsert:
         if len(params) != len(self.fields):
             raise RuntimeError(f"{self.model.__name__}'s upsert does not take one value per column: {sql}")
         connection = connections[using]
-        native = connection.vendor == "sqlite" and not connection.queries_logged
-        if native:
+        native = None
+        if connection.vendor == "sqlite":
             with connection.cursor() as cursor:
-                sql = cursor.cursor.convert_query(sql)
+                native = cursor.cursor.convert_query(sql)
         with self._lock:
             self._sql[using] = (sql, native)
         return sql, native
