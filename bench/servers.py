@@ -284,8 +284,8 @@ def apart(workdir: Path, name: str) -> Path:
     every inode of that group freed in the last 60-360 s, reading the inode table to tell
     (`recently_deleted` in the kernel's ext4/ialloc.c). Sharing /tmp's group, a server paid for
     Bazel's sandbox directories coming and going: in a cold build of 1,000 actions that scan
-    was a third of our server's CPU (perf: ~24 % of its samples), and a run begun right after
-    another paid for the files the last one removed (FirstPass 0.1-0.2 instead of ~0.7).
+    was about a quarter of our server's CPU (perf: ~24 % of its samples), and a run begun
+    right after another paid for the files the last one removed (FirstPass 0.1-0.2, not ~0.7).
     Under a directory marked FS_TOPDIR_FL (`workdir`) ext4 spreads subdirectories over groups,
     choosing by a hash of the name: hence a name no earlier run used.
     """
